@@ -1,0 +1,157 @@
+"""Neural language models: the recurrent `LanguageModel` and the fixed-window baseline (Bengio et al., 2003)."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from lm.recurrent import RecurrentStack
+
+
+@keras.saving.register_keras_serializable(package="lm")
+class LanguageModel(keras.Model):
+    """Embedding -> RecurrentStack -> softmax over the vocabulary, optionally tied to the embedding.
+
+    Args:
+        vocab_size: number of tokens, specials included.
+        cell_type: "rnn", "gru" or "lstm".
+        units: hidden size of each recurrent layer.
+        num_layers: stacked recurrent layers.
+        embed_dim: embedding size (defaults to `units`).
+        dropout: dropout on the embeddings, between layers and before the softmax.
+        tie_weights: share the embedding matrix with the output layer (a projection units -> embed_dim is added
+            when they differ).
+        residual: residual links between recurrent layers of equal size.
+        stateful: carry the final states of each batch into the next (stream training with truncated BPTT);
+            needs `batch_size`. The states live in non-trainable variables that the model assigns itself, which
+            works under `fit` on TensorFlow, JAX and PyTorch alike. Reset them with `reset_states()`.
+        batch_size: the fixed batch size of a stateful model.
+
+    Example:
+        >>> model = LanguageModel(vocab_size=100, units=32, num_layers=2, tie_weights=True)
+        >>> logits = model(ops.zeros((4, 10), "int32"))  # (4, 10, 100)
+    """
+
+    def __init__(self, vocab_size, cell_type="lstm", units=256, num_layers=1, embed_dim=None, dropout=0.0,
+                 tie_weights=False, residual=False, stateful=False, batch_size=None, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = int(vocab_size)
+        self.cell_type = cell_type
+        self.units = int(units)
+        self.num_layers = int(num_layers)
+        self.embed_dim = int(embed_dim or units)
+        self.dropout = float(dropout)
+        self.tie_weights = bool(tie_weights)
+        self.residual = bool(residual)
+        self.stateful = bool(stateful)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        if self.stateful and not self.batch_size:
+            raise ValueError("a stateful LanguageModel needs batch_size")
+        self.embedding = layers.Embedding(self.vocab_size, self.embed_dim, name="embedding")
+        self.input_dropout = layers.Dropout(self.dropout)
+        self.stack = RecurrentStack(cell_type, self.units, self.num_layers, dropout=self.dropout,
+                                    residual=self.residual, name="stack")
+        self.output_dropout = layers.Dropout(self.dropout)
+        if self.tie_weights:
+            self.projection = (layers.Dense(self.embed_dim, name="projection")
+                               if self.units != self.embed_dim else None)
+            self.head = None
+        else:
+            self.projection = None
+            self.head = layers.Dense(self.vocab_size, name="head")
+
+    def build(self, input_shape):
+        batch, time = tuple(input_shape)[:2]
+        self.embedding.build((batch, time))
+        self.stack.build((batch, time, self.embed_dim))
+        if self.projection is not None:
+            self.projection.build((batch, time, self.units))
+        if self.tie_weights:
+            self.output_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros", name="output_bias")
+        else:
+            self.head.build((batch, time, self.units))
+        if self.stateful:
+            n = 2 if self.stack.cell_type == "lstm" else 1
+            self.carried = [[self.add_weight(shape=(self.batch_size, self.units), initializer="zeros",
+                                             trainable=False, name=f"carried_{i}_{j}") for j in range(n)]
+                            for i in range(self.num_layers)]
+        self.built = True
+
+    def logits_from_hidden(self, hidden):
+        """(..., units) -> (..., vocab): the output layer, tied to the embedding or not."""
+        if not self.tie_weights:
+            return self.head(hidden)
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        return ops.matmul(hidden, ops.transpose(self.embedding.embeddings)) + self.output_bias
+
+    def logits_and_states(self, tokens, states=None, training=False):
+        """tokens (batch, time) int, states or None -> (logits (batch, time, vocab), new states per layer)."""
+        x = self.input_dropout(self.embedding(tokens), training=training)  # (batch, time, embed)
+        hidden, new_states = self.stack(x, initial_states=states, training=training, return_states=True)
+        hidden = self.output_dropout(hidden, training=training)  # (batch, time, units)
+        return self.logits_from_hidden(hidden), new_states
+
+    def call(self, tokens, training=None):
+        if not self.stateful:
+            return self.logits_and_states(tokens, training=training)[0]
+        # A copy, because the variables are overwritten below (PyTorch's autograd rejects in-place changes).
+        states = [[ops.copy(v.value) for v in layer] for layer in self.carried]
+        logits, new_states = self.logits_and_states(tokens, states, training=training)
+        for variables, values in zip(self.carried, new_states):
+            for variable, value in zip(variables, values):
+                # Truncated BPTT: the next batch starts from these values, but no gradient flows back into them.
+                variable.assign(ops.stop_gradient(value))
+        return logits
+
+    def reset_states(self):
+        """Zeroes the carried states (start of every epoch, and before a new text)."""
+        for layer in getattr(self, "carried", []):
+            for variable in layer:
+                variable.assign(ops.zeros_like(variable))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(vocab_size=self.vocab_size, cell_type=self.cell_type, units=self.units,
+                      num_layers=self.num_layers, embed_dim=self.embed_dim, dropout=self.dropout,
+                      tie_weights=self.tie_weights, residual=self.residual, stateful=self.stateful,
+                      batch_size=self.batch_size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="lm")
+class FixedWindowLM(keras.Model):
+    """The fixed-window neural LM baseline: the previous `context` tokens -> concatenated embeddings -> tanh -> softmax.
+
+    Args:
+        vocab_size: number of tokens.
+        context: how many previous tokens it sees (an n-gram model of order context + 1).
+        embed_dim: embedding size per token.
+        hidden: size of the tanh layer.
+        dropout: dropout on the concatenated embeddings and the hidden layer.
+
+    Example:
+        >>> model = FixedWindowLM(vocab_size=100, context=4)
+        >>> logits = model(ops.zeros((8, 4), "int32"))  # (8, 100)
+    """
+
+    def __init__(self, vocab_size, context=4, embed_dim=128, hidden=512, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.context = int(vocab_size), int(context)
+        self.embed_dim, self.hidden, self.dropout = int(embed_dim), int(hidden), float(dropout)
+        self.embedding = layers.Embedding(self.vocab_size, self.embed_dim, name="embedding")
+        self.flatten = layers.Reshape((self.context * self.embed_dim,))
+        self.drop = layers.Dropout(self.dropout)
+        self.hidden_layer = layers.Dense(self.hidden, activation="tanh", name="hidden")
+        self.head = layers.Dense(self.vocab_size, name="head")
+
+    def call(self, context_ids, training=None):
+        x = self.flatten(self.embedding(context_ids))  # (batch, context * embed)
+        x = self.drop(self.hidden_layer(self.drop(x, training=training)), training=training)  # (batch, hidden)
+        return self.head(x)  # (batch, vocab)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(vocab_size=self.vocab_size, context=self.context, embed_dim=self.embed_dim,
+                      hidden=self.hidden, dropout=self.dropout)
+        return config

@@ -1,0 +1,145 @@
+"""Recurrent layers shared by the language model, the caption decoder and the VQA question encoder.
+
+Two ways through the same weights:
+  * `RecurrentStack.__call__` runs whole sequences on Keras' fused `SimpleRNN` / `GRU` / `LSTM` layers
+    (cuDNN-eligible on TensorFlow GPU, `lax.scan` on JAX), for language-model training and encoders;
+  * `RecurrentStack.step(x_t, states)` advances one time step with the very same cells (`layer.cell`), for decoding
+    and for the caption decoder, whose input at each step depends on attention over the image.
+Both give the same numbers (tests/test_recurrent.py checks it per cell type).
+
+State carried across batches (stateful truncated BPTT) is kept by the language model in tracked variables, not by
+Keras' `stateful=True`, whose untracked state variables fail under `fit` on JAX and PyTorch.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+CELL_TYPES = ("rnn", "gru", "lstm")
+_SEQUENCE_LAYERS = {"rnn": layers.SimpleRNN, "gru": layers.GRU, "lstm": layers.LSTM}
+_CELLS = {"rnn": layers.SimpleRNNCell, "gru": layers.GRUCell, "lstm": layers.LSTMCell}
+
+
+def check_cell_type(cell_type: str) -> str:
+    cell_type = cell_type.lower()
+    if cell_type not in CELL_TYPES:
+        raise ValueError(f"cell_type must be one of {', '.join(CELL_TYPES)}, got {cell_type!r}")
+    return cell_type
+
+
+def make_cell(cell_type: str, units: int, name: str | None = None) -> layers.Layer:
+    """A single Keras cell (`SimpleRNNCell`, `GRUCell` or `LSTMCell`) with the defaults the stacks use."""
+    return _CELLS[check_cell_type(cell_type)](units, name=name)
+
+
+def state_count(cell_type: str) -> int:
+    """How many state tensors a cell carries: 2 for LSTM (h, c), 1 otherwise."""
+    return 2 if check_cell_type(cell_type) == "lstm" else 1
+
+
+@keras.saving.register_keras_serializable(package="lm")
+class RecurrentStack(layers.Layer):
+    """N stacked recurrent layers with dropout between them and optional residual links.
+
+    Args:
+        cell_type: "rnn", "gru" or "lstm".
+        units: hidden size of every layer.
+        num_layers: how many layers are stacked.
+        dropout: dropout rate on the output of every layer but the last (between layers).
+        residual: add each layer's input to its output where the sizes agree (layer 2 and up).
+        bidirectional: run every layer both ways and concatenate (encoders; `step()` is then unavailable).
+
+    Example:
+        >>> stack = RecurrentStack("lstm", units=8, num_layers=2)
+        >>> outputs, states = stack(ops.zeros((2, 5, 4)), return_states=True)  # (2, 5, 8), [[h, c], [h, c]]
+        >>> y, states = stack.step(ops.zeros((2, 4)), stack.initial_states(2))  # (2, 8)
+    """
+
+    def __init__(self, cell_type="lstm", units=256, num_layers=1, dropout=0.0, residual=False,
+                 bidirectional=False, **kwargs):
+        super().__init__(**kwargs)
+        self.cell_type = check_cell_type(cell_type)
+        self.units = int(units)
+        self.num_layers = int(num_layers)
+        self.dropout = float(dropout)
+        self.residual = bool(residual)
+        self.bidirectional = bool(bidirectional)
+        if self.num_layers < 1:
+            raise ValueError("num_layers must be >= 1")
+        self.rnn_layers = []
+        for i in range(self.num_layers):
+            rnn = _SEQUENCE_LAYERS[self.cell_type](
+                self.units, return_sequences=True, return_state=True, name=f"{self.cell_type}_{i}")
+            if self.bidirectional:
+                rnn = layers.Bidirectional(rnn, name=f"bi_{self.cell_type}_{i}")
+            self.rnn_layers.append(rnn)
+        self.between = layers.Dropout(self.dropout)
+        self.output_dim = self.units * (2 if self.bidirectional else 1)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for rnn in self.rnn_layers:
+            rnn.build(shape)
+            shape = shape[:-1] + (self.output_dim,)
+        self.built = True
+
+    @property
+    def cells(self) -> list:
+        """The per-layer Keras cells (shared by the whole-sequence path and `step`)."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional stack has two cells per layer and no step()")
+        return [rnn.cell for rnn in self.rnn_layers]
+
+    def initial_states(self, batch_size, dtype="float32"):
+        """Zero states: a list over layers, each a list of (batch, units) tensors ([h, c] for LSTM)."""
+        n = state_count(self.cell_type)
+        return [[ops.zeros((batch_size, self.units), dtype=dtype) for _ in range(n)] for _ in range(self.num_layers)]
+
+    def _uses_residual(self, index, input_dim) -> bool:
+        return self.residual and index > 0 and input_dim == self.output_dim
+
+    def call(self, inputs, initial_states=None, mask=None, training=None, return_states=False):
+        """Whole sequences: inputs (batch, time, features) -> (batch, time, units) [, states per layer]."""
+        x = inputs
+        final_states = []
+        for i, rnn in enumerate(self.rnn_layers):
+            init = None if initial_states is None else initial_states[i]
+            if self.bidirectional and init is not None:
+                init = list(init)
+            result = rnn(x, initial_state=init, mask=mask, training=training)
+            y, states = result[0], list(result[1:])  # y: (batch, time, output_dim)
+            if self._uses_residual(i, x.shape[-1]):
+                y = y + x
+            if i < self.num_layers - 1:
+                y = self.between(y, training=training)
+            final_states.append(states)
+            x = y
+        return (x, final_states) if return_states else x
+
+    def step(self, inputs, states, training=False):
+        """One time step: inputs (batch, features), states as from `initial_states` -> (output, new_states).
+
+        Uses the same cells as `call`, so looping `step` over time gives the whole-sequence outputs.
+        """
+        x = inputs
+        new_states = []
+        for i, cell in enumerate(self.cells):
+            h, s = cell(x, list(states[i]), training=training)  # h: (batch, units)
+            s = list(s) if isinstance(s, (list, tuple)) else [s]
+            if self._uses_residual(i, x.shape[-1]):
+                h = h + x
+            if i < self.num_layers - 1:
+                h = self.between(h, training=training)
+            new_states.append(s)
+            x = h
+        return x, new_states
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(cell_type=self.cell_type, units=self.units, num_layers=self.num_layers, dropout=self.dropout,
+                      residual=self.residual, bidirectional=self.bidirectional)
+        return config

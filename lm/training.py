@@ -1,0 +1,148 @@
+"""`lm train`: fits an n-gram, fixed-window or recurrent language model on a corpus and writes a model folder.
+
+Recurrent models train with Keras `fit` in one of two modes:
+  * "stream" (default): stateful truncated BPTT over contiguous streams (PTB batching), state reset every epoch;
+  * "sentence": each line alone, from `<bos>`, padded batches.
+Every epoch ends with validation perplexity by the evaluation protocol (lm.inference). The best weights are written
+to the output folder as soon as they are found (a checkpoint that survives an interrupted run); the learning rate is
+divided by `lr_decay` when validation perplexity stops improving, and training stops after `patience` such epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from lm.checkpoint import LoadedModel, RECURRENT_ARCHS, build_model, copy_weights, save_model_dir
+from lm.data import sentence_batches, stream_batches, stream_ids
+from lm.errors import UserError
+from lm.inference import perplexity, window_examples
+from lm.vocab import Vocabulary
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """Every epoch: valid perplexity by the evaluation protocol, checkpoint on improvement, LR decay, early stop."""
+
+    def __init__(self, eval_model, arch, vocab, valid, out_dir, extra, lr_decay, patience, verbose):
+        super().__init__()
+        self.eval_model, self.arch, self.vocab, self.valid = eval_model, arch, vocab, valid
+        self.out_dir, self.extra = out_dir, extra
+        self.lr_decay, self.patience, self.verbose = lr_decay, patience, verbose
+        self.best, self.bad_epochs, self.history = math.inf, 0, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if getattr(self.model, "stateful", False):
+            self.model.reset_states()
+
+    def on_epoch_end(self, epoch, logs=None):
+        copy_weights(self.model, self.eval_model)
+        loaded = LoadedModel(self.arch, self.eval_model, self.vocab, self.extra)
+        ppl, _ = perplexity(loaded, self.valid)
+        lr = float(np.asarray(self.model.optimizer.learning_rate))
+        self.history.append({"epoch": epoch + 1, "val_perplexity": ppl, "lr": lr})
+        if logs is not None:
+            logs["val_perplexity"] = ppl
+        improved = ppl < self.best * 0.999
+        if improved:
+            self.best, self.bad_epochs = ppl, 0
+            save_model_dir(self.out_dir, self.arch, self.eval_model, self.vocab, self.extra)
+        else:
+            self.bad_epochs += 1
+            self.model.optimizer.learning_rate.assign(lr / self.lr_decay)
+            if self.bad_epochs >= self.patience:
+                self.model.stop_training = True
+        if self.verbose:
+            mark = "saved" if improved else f"no gain, lr -> {lr / self.lr_decay:.2e}"
+            print(f"epoch {epoch + 1}: valid perplexity {ppl:.2f} ({mark})", flush=True)
+
+
+
+def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: int = 5, layers: int = 1,
+                         units: int = 256, embed: int | None = None, dropout: float = 0.0, tie: bool = False,
+                         epochs: int = 10, batch_size: int = 32, bptt: int = 35, lr: float = 2e-3,
+                         clip: float = 1.0, mode: str = "stream", min_count: int = 1, max_vocab: int | None = None,
+                         patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
+                         time_budget: float | None = None) -> dict:
+    """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
+    with valid/test perplexity, tokens, training time and tokens/s."""
+    if arch not in ("ngram", "window") + RECURRENT_ARCHS:
+        raise UserError(f"unknown --arch {arch!r}: choose ngram, window, rnn, gru or lstm")
+    if mode not in ("stream", "sentence"):
+        raise UserError(f"unknown --mode {mode!r}: choose stream or sentence")
+    vocab = Vocabulary.build(splits["train"], min_count=min_count, max_size=max_vocab)
+    if len(vocab) <= 4:
+        raise UserError("the training text has no words")
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    train_tokens = sum(len(s) + 1 for s in splits["train"])
+    extra = {"mode": mode} if arch in RECURRENT_ARCHS else {}
+
+    if arch == "ngram":
+        from lm.ngram import KneserNeyLM
+        if not 2 <= order <= 5:
+            raise UserError("--order must be between 2 and 5")
+        model = KneserNeyLM(order=order, vocab=vocab).fit(splits["train"])
+        extra = {"order": order}
+        save_model_dir(out_dir, "ngram", model, vocab, extra)
+        loaded = LoadedModel("ngram", model, vocab, extra)
+    else:
+        keras.utils.set_random_seed(seed)
+        optimizer = keras.optimizers.Adam(learning_rate=lr, global_clipnorm=clip or None)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+        if arch == "window":
+            context = order - 1
+            model_config = dict(vocab_size=len(vocab), context=context, embed_dim=embed or 128, hidden=units,
+                                dropout=dropout)
+            model = build_model("window", model_config)
+            eval_model = model
+            x, y = window_examples(stream_ids(splits["train"], vocab), context, vocab.eos_id)
+            fit_kwargs = dict(shuffle=True)
+        else:
+            model_config = dict(vocab_size=len(vocab), cell_type=arch, units=units, num_layers=layers,
+                                embed_dim=embed or units, dropout=dropout, tie_weights=tie)
+            if mode == "stream":
+                model = build_model(arch, {**model_config, "stateful": True, "batch_size": batch_size})
+                x, y = stream_batches(stream_ids(splits["train"], vocab), batch_size, bptt)
+                fit_kwargs = dict(shuffle=False)
+            else:
+                model = build_model(arch, model_config)
+                x, y = sentence_batches(splits["train"], vocab, max_len=bptt * 4)
+                fit_kwargs = dict(shuffle=True)
+            eval_model = build_model(arch, model_config)
+        model.compile(optimizer=optimizer, loss=loss)
+        validation = ValidationCallback(eval_model, arch, vocab, splits["valid"], out_dir, extra, lr_decay, patience,
+                                 verbose)
+        callbacks = [validation]
+        if time_budget:
+            callbacks.append(TimeBudgetCallback(time_budget, start))
+        model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **fit_kwargs)
+        # Reload the best epoch's weights (what the folder holds) for the final figures.
+        from lm.checkpoint import load_model_dir
+        loaded = load_model_dir(out_dir)
+    seconds = time.perf_counter() - start
+    summary = {"arch": arch, "train_seconds": round(seconds, 1), "train_tokens": train_tokens,
+               "vocab_size": len(vocab)}
+    if arch != "ngram":
+        summary["epochs"] = len(validation.history)
+        summary["history"] = validation.history
+        summary["tokens_per_second"] = round(train_tokens * len(validation.history) / seconds, 1)
+    summary["valid_perplexity"], summary["valid_tokens"] = perplexity(loaded, splits["valid"])
+    if splits.get("test"):
+        summary["test_perplexity"], summary["test_tokens"] = perplexity(loaded, splits["test"])
+    return summary
+
+
+class TimeBudgetCallback(keras.callbacks.Callback):
+    """Stops after the epoch during which the wall-clock budget ran out (for fixed-budget comparisons)."""
+
+    def __init__(self, seconds: float, start: float):
+        super().__init__()
+        self.seconds, self.start = seconds, start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.perf_counter() - self.start > self.seconds:
+            self.model.stop_training = True

@@ -1,0 +1,21 @@
+# Sourced by demo.sh and test.sh: makes .venv if missing and installs the project into it (once per pyproject change).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$PY" -m venv .venv
+fi
+VPY="$ROOT/.venv/bin/python"
+extras="${1:-}"
+stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)${extras:+-$extras}"
+if [ ! -f "$stamp" ]; then
+  echo "== installing the project into .venv${extras:+ (with [$extras])}"
+  "$VPY" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+  "$VPY" -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VPY" -c "import keras, numpy, PIL" || { echo "install failed"; exit 1; }
+  touch "$stamp"
+fi
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+export PATH="$ROOT/.venv/bin:$PATH"
