@@ -375,7 +375,8 @@ def generate_scenes(out_dir: str | os.PathLike, n_images: int, seed: int = 0, im
     """Writes a scenes dataset (images, Karpathy JSON, VQA JSONL) and returns a summary.
 
     Args:
-        out_dir: folder to write to (made if missing). Files of an earlier run with the same names are replaced.
+        out_dir: folder to write to (made if missing). Files of an earlier run with the same names are replaced;
+            other files are left alone.
         n_images: number of images (all splits together).
         seed: any non-negative integer; the same arguments give byte-identical output.
         image_size: side of the square images in pixels (>= 32); object sizes scale with it.

@@ -1,7 +1,7 @@
 """Model folders: what `lm train --out DIR` writes and what `--model DIR` reads.
 
 A folder holds `config.json` (`{"arch": ..., "model": constructor kwargs, ...}`), `vocab.json` and the weights
-(`model.weights.h5` for neural models, `ngram.pkl.gz` for the n-gram model). Omitting `--model` means the bundled
+(`model.weights.h5` for neural models, `ngram.npz` for the n-gram model). Omitting `--model` means the bundled
 default (an LSTM trained on the King James Bible), shipped inside the package.
 """
 
@@ -44,8 +44,9 @@ def save_model_dir(directory, arch: str, model, vocab: Vocabulary, extra: dict |
         model_config = model.get_config()
         for key in ("name", "trainable", "dtype"):
             model_config.pop(key, None)
-        model_config["stateful"] = False
-        model_config.pop("batch_size", None)
+        if arch in RECURRENT_ARCHS:  # the folder holds the stateless twin (FixedWindowLM has no such kwargs)
+            model_config["stateful"] = False
+            model_config.pop("batch_size", None)
         config["model"] = model_config
         tmp = os.path.join(directory, "model.tmp.weights.h5")
         save_weights_without_carried_state(model, tmp)
@@ -93,6 +94,8 @@ def load_model_dir(directory=None) -> LoadedModel:
     """Reads a model folder (default: the bundled model). Bad folders raise UserError with one line."""
     directory = os.fspath(directory) if directory else BUNDLED_MODEL
     if not os.path.isdir(directory):
+        if directory == BUNDLED_MODEL:
+            raise UserError("the bundled model is not installed; pass --model DIR (make one with `lm train`)")
         raise UserError(f"{directory}: no such model folder")
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path) or not os.path.isfile(os.path.join(directory, "vocab.json")):
@@ -114,7 +117,10 @@ def load_model_dir(directory=None) -> LoadedModel:
         weights = os.path.join(directory, "model.weights.h5")
         if not os.path.isfile(weights):
             raise UserError(f"{directory}: model.weights.h5 is missing")
-        model = build_model(arch, config["model"])
+        try:
+            model = build_model(arch, config["model"])
+        except (KeyError, TypeError, ValueError) as e:  # config.json edited by hand or from another version
+            raise UserError(f"{directory}: config.json does not describe a {arch} model ({e})") from None
         try:
             model.load_weights(weights)
         except Exception as e:  # a weights file that does not fit the config

@@ -39,12 +39,15 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-vocab", type=int, default=None, help="cap on vocabulary size, specials included")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="stop after the epoch during which this many seconds have passed")
 
 
 def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
                 tie=a.tie, epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
-                min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed)
+                min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
+                time_budget=a.time_budget)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,13 +114,14 @@ def cmd_train(a) -> int:
 
 
 def cmd_perplexity(a) -> int:
+    # Bad input is checked before anything imports Keras (seconds, and TensorFlow's start-up lines on stderr).
     from lm.checkpoint import load_model_dir
-    from lm.inference import perplexity
     from lm.text import read_lines, read_raw_text
-    loaded = load_model_dir(a.model)
     sentences = read_raw_text(a.file) if a.raw else read_lines(a.file)
     if not sentences:
         raise UserError(f"{a.file}: no text to score")
+    loaded = load_model_dir(a.model)
+    from lm.inference import perplexity
     ppl, tokens = perplexity(loaded, sentences)
     print(json.dumps({"perplexity": ppl, "tokens": tokens}) if a.json else f"perplexity {ppl:.2f} over {tokens} tokens")
     return 0
@@ -125,11 +129,11 @@ def cmd_perplexity(a) -> int:
 
 def cmd_generate(a) -> int:
     from lm.checkpoint import load_model_dir
-    from lm.inference import generate
     from lm.text import tokenize
-    if a.max_tokens < 1 or a.temperature < 0 or not 0 < a.top_p <= 1 or a.top_k < 0:
-        raise UserError("need --max-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+    if a.max_tokens < 1 or a.temperature < 0 or not 0 < a.top_p <= 1 or a.top_k < 0 or a.num < 1:
+        raise UserError("need --max-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --num >= 1")
     loaded = load_model_dir(a.model)
+    from lm.inference import generate
     prompt = tokenize(a.prompt)
     samples = []
     for i in range(a.num):

@@ -105,8 +105,12 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
             model_config = dict(vocab_size=len(vocab), cell_type=arch, units=units, num_layers=layers,
                                 embed_dim=embed or units, dropout=dropout, tie_weights=tie)
             if mode == "stream":
+                ids = stream_ids(splits["train"], vocab)
+                if len(ids) - 1 < batch_size * bptt:
+                    raise UserError(f"the training text ({len(ids) - 1} tokens) is too short for --batch-size "
+                                    f"{batch_size} x --bptt {bptt} in stream mode; lower them or use --mode sentence")
                 model = build_model(arch, {**model_config, "stateful": True, "batch_size": batch_size})
-                x, y = stream_batches(stream_ids(splits["train"], vocab), batch_size, bptt)
+                x, y = stream_batches(ids, batch_size, bptt)
                 fit_kwargs = dict(shuffle=False)
             else:
                 model = build_model(arch, model_config)

@@ -98,9 +98,13 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocabulary":
+        """Reads a file written by `save` (or a bare JSON list of tokens). Any malformed content is a ValueError
+        (json.JSONDecodeError and UnicodeDecodeError are ValueErrors too)."""
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        tokens = data["tokens"] if isinstance(data, dict) else data
-        if list(tokens[: len(SPECIALS)]) != list(SPECIALS):
+        tokens = data.get("tokens") if isinstance(data, dict) else data
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError(f"{path}: not a vocabulary file (expected {{\"tokens\": [strings]}})")
+        if tokens[: len(SPECIALS)] != list(SPECIALS):
             raise ValueError(f"{path}: not a vocabulary file (specials missing)")
         return cls(tokens)

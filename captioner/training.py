@@ -1,0 +1,231 @@
+"""`captioner train` for captions: data -> vocabulary -> images or cached grid features -> Keras `fit`.
+
+Two paths to the same model folder:
+  * end-to-end: the CNN is in the graph (small_cnn from scratch, or a pretrained CNN with `trainable_blocks`);
+  * cached features (default for a frozen pretrained CNN): grids are extracted once into a memory-mapped file
+    (captioner.features) and only the decoder trains, which is many times faster.
+Batches are bucketed by caption length (padded to the longest in the batch, lengths rounded up to a multiple of 4
+so compiled graphs are reused). The best epoch by validation loss is written to the folder as soon as it is found.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from captioner.datasets import load_caption_dataset, split_examples
+from captioner.model import ImageCaptioner, build_captioner, save_model_dir
+from lm.errors import UserError
+from lm.vocab import Vocabulary
+
+
+class CaptionBatches(keras.utils.PyDataset):
+    """(inputs (batch, ...) indexed by `image_index`, caption ids) -> ((inputs, tokens_in), tokens_out) batches.
+
+    Pairs are grouped into batches of similar caption length, and the batch order is shuffled every epoch.
+    """
+
+    def __init__(self, inputs, image_index, captions, batch_size, shuffle=True, seed=0, fixed_width=None, **kwargs):
+        super().__init__(**kwargs)
+        self.fixed_width = fixed_width
+        self.inputs, self.image_index, self.captions = inputs, np.asarray(image_index), captions
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self._make_batches()
+
+    def _make_batches(self):
+        lengths = np.array([len(c) for c in self.captions])
+        noise = self.rng.random(len(lengths)) if self.shuffle else np.zeros(len(lengths))
+        order = np.lexsort((noise, lengths))  # by length, ties in random order
+        self.batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            self.rng.shuffle(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        rows = self.batches[index]
+        longest = max(len(self.captions[r]) for r in rows) + 1
+        width = self.fixed_width or int(math.ceil(longest / 4) * 4)
+        tokens_in = np.zeros((len(rows), width), "int32")
+        tokens_out = np.zeros((len(rows), width), "int32")
+        for i, r in enumerate(rows):
+            ids = self.captions[r]
+            tokens_in[i, : len(ids) + 1] = [2] + ids  # <bos> w1 .. wn
+            tokens_out[i, : len(ids) + 1] = ids + [3]  # w1 .. wn <eos>
+        index = self.image_index[rows]
+        order = np.argsort(index)  # memory-mapped arrays read fastest in ascending order
+        inputs = np.empty((len(rows),) + tuple(self.inputs.shape[1:]), "float32")
+        inputs[order] = self.inputs[index[order]]
+        return (inputs, tokens_in), tokens_out
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._make_batches()
+
+
+def _pairs(examples, vocab: Vocabulary, max_length: int):
+    """Every (image, caption) pair as (image index, caption ids cut to max_length - 1 words)."""
+    index, captions = [], []
+    for i, example in enumerate(examples):
+        for tokens in example.captions:
+            if tokens:
+                index.append(i)
+                captions.append(vocab.encode(tokens[: max_length - 1]))
+    return np.asarray(index, "int64"), captions
+
+
+def decode_all(examples, image_size, policy, verbose=1) -> np.ndarray:
+    """Decodes every example's image once into a uint8 array (N, h, w, 3), with a progress bar."""
+    from captioner.images import load_images
+    from tqdm import tqdm
+    out = np.zeros((len(examples), *image_size, 3), "uint8")
+    bad = []
+    for start in tqdm(range(0, len(examples), 64), desc="decoding images", unit="batch", disable=not verbose):
+        chunk = examples[start: start + 64]
+        images, errors = load_images([e.image for e in chunk], image_size, policy)
+        out[start: start + len(chunk)] = images.astype("uint8")
+        bad += [e for e in errors if e]
+    if bad:
+        raise UserError(f"{len(bad)} training image(s) cannot be read; first: {bad[0]}")
+    return out
+
+
+def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weights=None, image_size=None,
+                    trainable_blocks=0, epochs=10, batch_size=32, lr=1e-3, embed=256, units=512, attention_dim=256,
+                    cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
+                    max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
+                    val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
+                    patience=3) -> dict:
+    """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes)."""
+    from captioner.backbones import backbone_spec
+    start = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    examples = load_caption_dataset(data, image_root)
+    train = split_examples(examples, train_split)
+    val = split_examples(examples, val_split, required=False)
+    if max_images:
+        train, val = train[:max_images], val[: max(1, max_images // 10)] if val else val
+    vocab = Vocabulary.build((t for e in train for t in e.captions), min_count=min_count)
+    if len(vocab) <= 4:
+        raise UserError(f"{data}: the training captions have no words")
+    spec = backbone_spec(backbone)
+    size = tuple(image_size) if image_size else spec.image_size
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    if cache_features is None:  # cache when the CNN does not train
+        cache_features = spec.family != "scratch" and trainable_blocks == 0
+    if cache_features and (spec.family == "scratch" or trainable_blocks != 0):
+        raise UserError("cached features need a frozen pretrained backbone (not small_cnn, no --trainable-blocks)")
+    decoder_config = dict(embed_dim=embed, units=units, attention_dim=attention_dim, cell_type=cell,
+                          dropout=dropout, attention=attention, alpha_c=alpha_c,
+                          scheduled_sampling=scheduled_sampling)
+    model = ImageCaptioner(vocab_size=len(vocab), backbone=backbone, image_size=size,
+                           trainable_blocks=trainable_blocks, decoder=decoder_config, backbone_weights=weights)
+    model.build(((None, *size, 3), (None, None)))
+    if init_from_lm:
+        report = init_decoder_from_lm(model.decoder, vocab, init_from_lm)
+        if verbose:
+            print(report)
+
+    train_index, train_caps = _pairs(train, vocab, max_length)
+    val_index, val_caps = _pairs(val, vocab, max_length) if val else (None, None)
+    train_images = decode_all(train, size, spec.policy, verbose)
+    val_images = decode_all(val, size, spec.policy, verbose) if val else None
+    if cache_features:
+        from captioner.features import extract_features
+        cache_dir = cache_dir or os.path.join(out_dir, "features")
+        train_inputs = extract_features(model.backbone, train_images, os.path.join(cache_dir, "train.npy"), verbose)
+        val_inputs = (extract_features(model.backbone, val_images, os.path.join(cache_dir, "val.npy"), verbose)
+                      if val else None)
+        trainee = model.decoder
+    else:
+        train_inputs, val_inputs, trainee = train_images, val_images, model
+
+    # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
+    # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
+    fixed = int(math.ceil(max_length / 4) * 4) if keras.backend.backend() == "tensorflow" else None
+    train_batches = CaptionBatches(train_inputs, train_index, train_caps, batch_size, seed=seed, fixed_width=fixed)
+    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, batch_size, shuffle=False, fixed_width=fixed)
+                   if val else None)
+    trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
+    checkpoint = BestCheckpoint(model, vocab, out_dir, extra, patience, time_budget, start, verbose)
+    history = trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose,
+                          callbacks=[checkpoint], steps_per_epoch=steps_per_epoch)
+    if not checkpoint.saved:  # e.g. no validation split: keep the last epoch
+        save_model_dir(out_dir, "caption", model, vocab, extra)
+    return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history.history.get("loss", [])),
+            "loss": history.history.get("loss"), "val_loss": history.history.get("val_loss"),
+            "vocab_size": len(vocab), "train_images": len(train), "train_pairs": len(train_caps),
+            "cached_features": bool(cache_features)}
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Writes the whole captioner (CNN + decoder) whenever validation loss improves; stops after `patience`
+    epochs without gain or when the time budget is spent."""
+
+    def __init__(self, captioner, vocab, out_dir, extra, patience, time_budget, start, verbose):
+        super().__init__()
+        self.captioner, self.vocab, self.out_dir, self.extra = captioner, vocab, out_dir, extra
+        self.patience, self.time_budget, self.start, self.verbose = patience, time_budget, start, verbose
+        self.best, self.bad, self.saved = math.inf, 0, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value = logs.get("val_loss", logs.get("loss"))
+        if value is not None and value < self.best:
+            self.best, self.bad, self.saved = value, 0, True
+            save_model_dir(self.out_dir, "caption", self.captioner, self.vocab, self.extra)
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                self.model.stop_training = True
+        if self.time_budget and time.perf_counter() - self.start > self.time_budget:
+            self.model.stop_training = True
+
+
+def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
+    """Starts the decoder's embedding and recurrent weights from a trained `lm` model folder.
+
+    Words are mapped through both vocabularies (a caption word the LM lacks keeps its random embedding). The
+    decoder's cell input is [word embedding; context], so the LM kernel fills the word rows and the context rows stay
+    random. Any shape that differs is reported and left as it was, never silently skipped.
+    """
+    from lm.checkpoint import load_model_dir
+    lm = load_model_dir(lm_dir)
+    if lm.arch not in ("rnn", "gru", "lstm"):
+        raise UserError(f"{lm_dir}: --init-from-lm needs a recurrent LM (rnn, gru or lstm), not {lm.arch}")
+    source, lines = lm.model, []
+    if lm.arch != decoder.cell_type:
+        raise UserError(f"{lm_dir}: the LM is {lm.arch} but the decoder cell is {decoder.cell_type} (use --cell)")
+    lm_emb = np.asarray(source.embedding.embeddings)
+    emb = np.asarray(decoder.embedding.embeddings).copy()
+    if lm_emb.shape[1] != emb.shape[1]:
+        lines.append(f"embedding: LM {lm_emb.shape[1]} vs decoder {emb.shape[1]} dims: not copied")
+    else:
+        shared = [(i, lm.vocab.stoi[w]) for i, w in enumerate(vocab.itos) if w in lm.vocab.stoi]
+        for i, j in shared:
+            emb[i] = lm_emb[j]
+        decoder.embedding.embeddings.assign(emb)
+        lines.append(f"embedding: {len(shared)} of {len(vocab)} caption words copied from the LM")
+    src_cell, dst_cell = source.stack.cells[0], decoder.stack.cells[0]
+    for name in ("kernel", "recurrent_kernel", "bias"):
+        a, b = getattr(src_cell, name), getattr(dst_cell, name)
+        a_val, b_val = np.asarray(a), np.asarray(b).copy()
+        if a_val.shape == b_val.shape:
+            b.assign(a_val)
+            lines.append(f"{name}: copied {a_val.shape}")
+        elif name == "kernel" and a_val.shape[1] == b_val.shape[1] and a_val.shape[0] <= b_val.shape[0]:
+            b_val[: a_val.shape[0]] = a_val  # word rows; the context rows stay as initialised
+            b.assign(b_val)
+            lines.append(f"kernel: copied the {a_val.shape[0]} word-input rows of {b_val.shape[0]}")
+        else:
+            lines.append(f"{name}: LM {a_val.shape} vs decoder {b_val.shape}: not copied")
+    return "init from LM: " + "; ".join(lines)
