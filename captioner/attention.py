@@ -41,10 +41,16 @@ class SoftAttention(layers.Layer):
         return self.feature_proj(features)
 
     def call(self, features, keys, hidden):
-        query = ops.expand_dims(self.hidden_proj(hidden), 1)  # (batch, 1, attention_dim)
+        return self.attend(features, keys, self.hidden_proj(hidden))
+
+    def attend(self, features, keys, query):
+        """`call` with the hidden projection `W_h h` (batch, attention_dim) already computed (the caption decoder
+        fuses it with the other matmuls of h) -> context (batch, channels), alpha (batch, pixels)."""
+        query = ops.expand_dims(query, 1)  # (batch, 1, attention_dim)
         scores = ops.squeeze(self.score(ops.tanh(keys + query)), -1)  # (batch, pixels)
         alpha = ops.softmax(scores, axis=-1)  # (batch, pixels)
-        context = ops.sum(features * ops.expand_dims(alpha, -1), axis=1)  # (batch, channels)
+        # A batched matmul, not sum(features * alpha): no (batch, pixels, channels) product to keep for backprop.
+        context = ops.squeeze(ops.matmul(ops.expand_dims(alpha, 1), features), 1)  # (batch, channels)
         return context, alpha
 
     def get_config(self):

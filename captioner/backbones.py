@@ -68,7 +68,9 @@ class ImageNormalization(layers.Layer):
         reverse_channels: flip RGB to BGR first (Caffe-style models such as ResNet50).
 
     Example:
-        >>> ImageNormalization(127.5, 127.5)(np.full((1, 2, 2, 3), 255.0)).numpy().max()   # -> 1.0
+        >>> layer = ImageNormalization(127.5, 127.5)
+        >>> keras.ops.convert_to_numpy(layer(np.full((1, 2, 2, 3), 255.0))).max()
+        1.0
     """
 
     def __init__(self, mean=0.0, std=1.0, reverse_channels=False, **kwargs):
@@ -599,10 +601,13 @@ def _keras_application(spec: BackboneSpec, image_size: tuple[int, int], imagenet
     except Exception as e:  # noqa: BLE001 - keras.utils.get_file raises a bare Exception when offline
         if not imagenet:
             raise
-        raise UserError(
-            f"could not get the ImageNet weights for {spec.name} ({_first_line(e)}); they download once into "
-            "~/.keras/models: connect to the internet, or pass weights=PATH to a downloaded weights file"
-        ) from None
+        reason = _first_line(e)
+        if "fetch" in reason.lower() or isinstance(e, OSError):
+            raise UserError(
+                f"could not download the ImageNet weights for {spec.name} ({reason}); they download once into "
+                "~/.keras/models: connect to the internet, or pass weights=PATH to a downloaded weights file"
+            ) from None
+        raise UserError(f"could not build {spec.name} with ImageNet weights ({reason})") from None
 
 
 def build_backbone(
@@ -658,7 +663,14 @@ def build_backbone(
     elif spec.family == "lite":
         base = efficientnet_lite0_features(size)  # normalises inside
         if weights == "imagenet":
-            base.load_weights(str(_lite0_imagenet_file()))
+            path = _lite0_imagenet_file()
+            try:
+                base.load_weights(str(path))
+            except Exception as e:  # noqa: BLE001 - a damaged or foreign file in the cache
+                raise UserError(
+                    f"{path}: cannot load it ({_first_line(e)}); delete it and run "
+                    "`python scripts/convert_efficientnet_lite0.py` again"
+                ) from None
     else:
         normalization = _KERAS_APPS[name][2]
         if normalization is not None:

@@ -5,6 +5,9 @@ Per step t (attention):
     h_t = cell([E y_{t-1}; z_t], h_{t-1})                                              (lm.recurrent cell)
     logits_t = W_o dropout(E y_{t-1} + L_h h_t + L_z z_t)                              (deep output)
 h_0, c_0 = tanh(W mean_p(features)). The vocabulary projection W_o runs once, after the loop, on all steps.
+Under teacher forcing (LSTM) the loop is fused (`_fused_loop`): the word part of the cell input and the deep output
+run for all steps at once, and the three products of h_{t-1} are one matmul; search uses the plain per-step path.
+Logits are float32 even under mixed precision (bfloat16 compute).
 Loss: masked cross-entropy + alpha_c * sum_p (1 - sum_t alpha_tp)^2 (doubly stochastic attention).
 
 Without attention (Show and Tell), the projected mean feature is the first input of the sequence and the words
@@ -115,14 +118,18 @@ class CaptionDecoder(keras.Model):
             sequence = ops.concatenate([ops.expand_dims(image, 1), embedded], axis=1)  # (batch, T + 1, embed)
             outputs = self.stack(sequence, training=training)[:, 1:]  # (batch, T, units)
             logits = self.head(self.drop(embedded + self.out_hidden(outputs), training=training))
+            logits = ops.cast(logits, "float32")  # softmax and loss in float32 under mixed precision
             if return_attention:
                 pixels = features.shape[1]
                 return logits, ops.zeros((ops.shape(tokens)[0], tokens.shape[1], pixels))
             return logits
         keys = self.attention.project_features(features)  # (batch, pixels, attention_dim), once
         states = self.initial_states(features)
-        deeps, alphas = [], []
         use_own = training and self.scheduled_sampling > 0
+        if not use_own and self._can_fuse():
+            deep, alphas = self._fused_loop(embedded, features, keys, states)
+            return self._finish(deep, alphas, mask, training, return_attention)
+        deeps, alphas = [], []
         for t in range(tokens.shape[1]):
             word = embedded[:, t]
             if use_own and t > 0:
@@ -134,10 +141,58 @@ class CaptionDecoder(keras.Model):
             alphas.append(alpha)
         deep = ops.stack(deeps, axis=1)  # (batch, T, embed)
         alphas = ops.stack(alphas, axis=1)  # (batch, T, pixels)
+        return self._finish(deep, alphas, mask, training, return_attention)
+
+    def _finish(self, deep, alphas, mask, training, return_attention):
+        """Deep output (batch, T, embed) -> float32 logits (batch, T, vocab), the attention regulariser."""
         logits = self.head(self.drop(deep, training=training))  # one vocabulary projection for all steps
+        logits = ops.cast(logits, "float32")  # softmax and loss in float32 under mixed precision
+        alphas = ops.cast(alphas, "float32")
         if self.alpha_c > 0:
             self.add_loss(self.alpha_c * doubly_stochastic_penalty(alphas, mask))
         return (logits, alphas) if return_attention else logits
+
+    # ---- the teacher-forced loop with time-invariant work hoisted out (speed; same numbers) -------------------
+    fused_loop = True  # a switch for benchmarks and tests, not part of the config
+
+    def _can_fuse(self) -> bool:
+        cell = self.stack.cells[0]
+        return (self.fused_loop and self.cell_type == "lstm" and self.stack.num_layers == 1 and cell.use_bias
+                and cell.dropout == 0 and cell.recurrent_dropout == 0 and self.gate.use_bias)
+
+    def _fused_loop(self, embedded, features, keys, states):
+        """The attention LSTM over all T steps, as looping `_attend_step` computes it (same weights, equal up to float
+        rounding; tests check it), with the work that does not need step t's hidden state moved out of the loop:
+          * the word rows of the cell kernel: E y_{t-1} @ W_x[:embed] + b for all steps in one matmul;
+          * one matmul per step for everything h_{t-1} feeds: [attention query | gate | recurrent term];
+          * the deep output's L_h h_t + L_z z_t for all steps in two matmuls after the loop.
+        embedded (batch, T, embed), features (batch, pixels, C), keys (batch, pixels, A) -> deep (batch, T, embed),
+        alphas (batch, T, pixels).
+        """
+        cell = self.stack.cells[0]
+        embed, att, channels = self.embed_dim, self.attention_dim, self.feature_dim
+        kernel = cell.kernel  # (embed + C, 4 units): rows for [word; context]
+        words = ops.matmul(embedded, kernel[:embed]) + cell.bias  # (batch, T, 4 units)
+        context_kernel = kernel[embed:]  # (C, 4 units)
+        fused = ops.concatenate([self.attention.hidden_proj.kernel, self.gate.kernel, cell.recurrent_kernel],
+                                axis=1)  # (units, A + C + 4 units)
+        h, c = states[0]  # (batch, units) each
+        hs, contexts, alphas = [], [], []
+        for t in range(embedded.shape[1]):
+            projected = ops.matmul(h, fused)  # (batch, A + C + 4 units)
+            query, gate, recurrent = projected[:, :att], projected[:, att: att + channels], projected[:, att + channels:]
+            context, alpha = self.attention.attend(features, keys, query)  # (batch, C), (batch, pixels)
+            context = context * self.gate.activation(gate + self.gate.bias)
+            z = words[:, t] + ops.matmul(context, context_kernel) + recurrent  # (batch, 4 units), gates i f c o
+            z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
+            c = cell.recurrent_activation(z_f) * c + cell.recurrent_activation(z_i) * cell.activation(z_c)
+            h = cell.recurrent_activation(z_o) * cell.activation(c)
+            hs.append(h)
+            contexts.append(context)
+            alphas.append(alpha)
+        hs, contexts = ops.stack(hs, axis=1), ops.stack(contexts, axis=1)  # (batch, T, units), (batch, T, C)
+        deep = embedded + self.out_hidden(hs) + self.out_context(contexts)  # (batch, T, embed)
+        return deep, ops.stack(alphas, axis=1)
 
     # ---- search ----------------------------------------------------------------------------------------------
     def _step_fn(self):
@@ -153,7 +208,7 @@ class CaptionDecoder(keras.Model):
                 output, states = self.stack.step(word, states)
                 deep = word + self.out_hidden(output)
                 alpha = ops.zeros((ops.shape(tokens)[0], static[0].shape[1]))
-            log_probs = ops.log_softmax(self.head(deep), axis=-1)  # (rows, vocab)
+            log_probs = ops.log_softmax(ops.cast(self.head(deep), "float32"), axis=-1)  # (rows, vocab)
             return log_probs, list(states[0]), alpha
         return step
 

@@ -49,8 +49,8 @@ RESIZE_POLICIES = ("stretch", "center_crop", "pad")
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 # ImageFile.LOAD_TRUNCATED_IMAGES is a process-wide switch; when some other library turns it on, Pillow silently
-# fills the missing part of a truncated file with grey. We switch it off around our own decoding (under a lock, and
-# restore it afterwards) so a truncated file is always reported.
+# fills the missing part of a truncated file with grey. When it is on, we switch it off around our own decoding
+# (under a lock, restoring it afterwards) so a truncated file is always reported.
 _TRUNCATION_LOCK = threading.Lock()
 
 Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
@@ -108,6 +108,20 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         width, height = struct.unpack("<ii", data[18:26])
         return abs(width), abs(height)
     return None
+
+
+def _load_all_pixels(im: Image.Image) -> None:
+    """im.load(), but a truncated file always raises, whatever ImageFile.LOAD_TRUNCATED_IMAGES says."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        im.load()  # the usual case: no lock, so threads decode in parallel
+        return
+    with _TRUNCATION_LOCK:
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            im.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
@@ -185,7 +199,9 @@ def decode_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_size: int 
     except UnidentifiedImageError:
         size = _header_size(data)
         if size is not None and 0 in size:
-            raise ImageError(f"{name}: image has zero width or height ({size[0]}x{size[1]}); it contains no pixels")
+            raise ImageError(
+                f"{name}: image has zero width or height ({size[0]}x{size[1]}); it contains no pixels"
+            ) from None
         raise ImageError(
             f"{name}: not an image Pillow can read (expected JPEG, PNG, GIF, BMP, TIFF, WebP...); check the file"
         ) from None
@@ -198,25 +214,18 @@ def decode_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_size: int 
             raise ImageError(f"{name}: image has zero width or height ({width}x{height}); it contains no pixels")
         if width * height > max_pixels:
             raise ImageError(
-                f"{name}: image is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the "
-                f"{max_pixels / 1e6:.0f} MP limit (possible decompression bomb); resize it first"
+                f"{name}: image is {width}x{height} ({width * height:,} pixels), over the {max_pixels:,}-pixel limit "
+                "(possible decompression bomb); resize it first"
             )
         if min_size and im.format == "JPEG":
             im.draft("RGB" if im.mode in ("RGB", "YCbCr") else im.mode, (int(min_size), int(min_size)))
-        with _TRUNCATION_LOCK:
-            saved = ImageFile.LOAD_TRUNCATED_IMAGES
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            try:
-                im.load()  # force decoding of all pixel data now, so truncation shows up here
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                raise ImageError(f"{name}: image is too large to decode safely ({e}); resize it first") from None
-            except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
-                what = "truncated" if "truncated" in str(e).lower() else "corrupt"
-                raise ImageError(
-                    f"{name}: image data is {what} ({e}); re-download or re-export the image"
-                ) from None
-            finally:
-                ImageFile.LOAD_TRUNCATED_IMAGES = saved
+        try:
+            _load_all_pixels(im)  # force decoding of all pixel data now, so truncation shows up here
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"{name}: image is too large to decode safely ({e}); resize it first") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
+            what = "truncated" if "truncated" in str(e).lower() else "corrupt"
+            raise ImageError(f"{name}: image data is {what} ({e}); re-download or re-export the image") from None
         try:
             oriented = ImageOps.exif_transpose(im)
         except Exception:  # a broken EXIF block is no reason to refuse the pixels; keep them as stored

@@ -198,8 +198,13 @@ def caption_files(loaded: LoadedCaptioner, sources, beam_width: int = 3, max_len
                 results.append({"image": name, "error": errors[i]})
                 continue
             tokens = loaded.vocab.decode(words[i])
-            steps = len(tokens) + 1  # the words and the <eos> step
-            attention = alphas[i, :steps].reshape(steps, grid_h, grid_w)
+            # One attention row per kept word, then the <eos> step if the caption ended before max_length. Rows of
+            # ids that decode() drops (<pad>, <bos>, which an undertrained model can emit) go with them, so the
+            # maps stay aligned with the words.
+            ids = [int(w) for w in words[i]]
+            end = ids.index(3) if 3 in ids else len(ids)
+            rows = [t for t in range(end) if ids[t] not in (0, 2)] + ([end] if end < len(ids) else [])
+            attention = alphas[i, rows].reshape(len(rows), grid_h, grid_w)
             results.append({"image": name, "caption": " ".join(tokens), "score": float(scores[i]),
                             "words": tokens, "attention": attention})
     return results

@@ -115,9 +115,10 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     if len(vocab) <= 4:
         raise UserError(f"{data}: the training captions have no words")
     spec = backbone_spec(backbone)
-    size = tuple(image_size) if image_size else spec.image_size
-    if isinstance(image_size, int):
-        size = (image_size, image_size)
+    if isinstance(image_size, (int, np.integer)):  # `--image-size N` (an int) means N x N
+        size = (int(image_size), int(image_size))
+    else:
+        size = tuple(image_size) if image_size else spec.image_size
     if cache_features is None:  # cache when the CNN does not train
         cache_features = spec.family != "scratch" and trainable_blocks == 0
     if cache_features and (spec.family == "scratch" or trainable_blocks != 0):
@@ -222,7 +223,8 @@ def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
         if a_val.shape == b_val.shape:
             b.assign(a_val)
             lines.append(f"{name}: copied {a_val.shape}")
-        elif name == "kernel" and a_val.shape[1] == b_val.shape[1] and a_val.shape[0] <= b_val.shape[0]:
+        elif (name == "kernel" and a_val.shape[1] == b_val.shape[1] and a_val.shape[0] == decoder.embed_dim
+              and a_val.shape[0] < b_val.shape[0]):  # only LM rows in the decoder's word space fit the word rows
             b_val[: a_val.shape[0]] = a_val  # word rows; the context rows stay as initialised
             b.assign(b_val)
             lines.append(f"kernel: copied the {a_val.shape[0]} word-input rows of {b_val.shape[0]}")

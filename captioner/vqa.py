@@ -2,7 +2,7 @@
 
 The model (`VQAModel`), after Yang et al., "Stacked Attention Networks for Image Question Answering" (CVPR 2016):
 
-    v_I = tanh(W_v grid + e_pos)                  image grid from captioner.backbones -> (batch, pixels, units)
+    v_I = tanh(W_v [grid; x; y])                  image grid from captioner.backbones -> (batch, pixels, units)
     q   = tanh(W_q [h_fw; h_bw])                  final states of a bidirectional lm.recurrent stack, (batch, units)
     u_0 = q;  for k = 1..hops:
         h_a = tanh(W_I v_I + W_Q u_{k-1})         captioner.attention.SoftAttention, one per hop
@@ -10,9 +10,9 @@ The model (`VQAModel`), after Yang et al., "Stacked Attention Networks for Image
         u_k = sum_p p v_I + u_{k-1}
     logits = W_2 dropout(relu(W_1 u_K))           (batch, num_answers)
 
-Two additions to the paper, both documented in the config: a learned position embedding e_pos is added to every grid
-cell (so a hop can find "the object above the blue square"), and the answer classifier has one hidden layer
-(`classifier_units`; 0 gives the paper's single softmax layer). Baselines behind `mode`: "blind" (the question
+Two additions to the paper, both in the config: every grid cell gets its position (`positions`: its (x, y)
+coordinates appended to its features by default, so a hop can find "the object above the blue square"), and the
+answer classifier has one hidden layer (`classifier_units`; 0 gives the paper's single softmax layer). Baselines behind `mode`: "blind" (the question
 alone, no backbone at all) and "mean" (u = q + mean_p v_I: the image without attention).
 
 Answers: the top-K normalised answers (captioner.metrics.normalize_answer) of the training split. Targets are the
@@ -48,6 +48,7 @@ from lm.text import tokenize
 from lm.vocab import Vocabulary
 
 MODES = ("attention", "blind", "mean")
+POSITIONS = ("coords", "learned", "none")
 MAX_QUESTION_LENGTH = 40  # tokens; longer questions are cut (VQA v2's longest is 23 words)
 
 __all__ = [
@@ -74,7 +75,7 @@ class VQAModel(keras.Model):
         num_answers: K, the size of the answer list.
         vocab_size: question vocabulary size (lm.vocab: <pad>=0, <unk>=1).
         backbone: a name from captioner.backbones.BACKBONES ("small_cnn" trains from scratch with the rest).
-        image_size: backbone input (height, width); default the backbone's.
+        image_size: backbone input (height, width) or an int for a square; default the backbone's.
         trainable_blocks: backbone blocks to fine-tune (0 = frozen; small_cnn always trains).
         embed_dim: word embedding size.
         units: recurrent units per direction, and the size of the joint space of u and v_I.
@@ -84,7 +85,8 @@ class VQAModel(keras.Model):
         dropout: dropout on word embeddings, on the image grid and before the answer layer.
         mode: "attention" (SAN), "blind" (question only) or "mean" (mean-pooled image + question, no attention).
         classifier_units: hidden layer of the answer classifier (0 = a single softmax layer, as in SAN).
-        position_embedding: add a learned embedding per grid cell to v_I (where things are).
+        positions: how v_I knows where each cell is: "coords" (its (x, y) in -1..1 appended to the grid features),
+            "learned" (a learned embedding per cell added to W_v grid) or "none".
         backbone_weights: "imagenet", a weights file or None, used when the model is first built; not part of the
             config, since a saved model carries its backbone's weights in its own weights file.
 
@@ -96,7 +98,7 @@ class VQAModel(keras.Model):
 
     def __init__(self, num_answers, vocab_size, backbone="small_cnn", image_size=None, trainable_blocks=0,
                  embed_dim=128, units=256, attention_dim=256, hops=2, cell_type="lstm", dropout=0.2,
-                 mode="attention", classifier_units=None, position_embedding=True, backbone_weights=None, **kwargs):
+                 mode="attention", classifier_units=None, positions="coords", backbone_weights=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise UserError(f"unknown VQA mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -108,13 +110,17 @@ class VQAModel(keras.Model):
         spec = backbone_spec(backbone)
         self.num_answers, self.vocab_size = int(num_answers), int(vocab_size)
         self.backbone_name = backbone
+        if isinstance(image_size, (int, np.integer)):
+            image_size = (int(image_size), int(image_size))
         self.image_size = tuple(int(s) for s in (image_size or spec.image_size))
         self.trainable_blocks = int(trainable_blocks)
         self.embed_dim, self.units, self.attention_dim = int(embed_dim), int(units), int(attention_dim)
         self.hops, self.cell_type = int(hops), check_cell_type(cell_type)
         self.dropout, self.mode = float(dropout), mode
         self.classifier_units = self.units if classifier_units is None else int(classifier_units)
-        self.position_embedding = bool(position_embedding)
+        if positions not in POSITIONS:
+            raise UserError(f"unknown positions {positions!r}; choose one of: {', '.join(POSITIONS)}")
+        self.positions = positions
         self.grid = grid_shape(backbone, self.image_size)  # (h', w', C)
         self.pixels = self.grid[0] * self.grid[1]
 
@@ -129,8 +135,8 @@ class VQAModel(keras.Model):
             self.backbone = build_backbone(backbone, weights=backbone_weights, image_size=self.image_size,
                                            trainable_blocks=self.trainable_blocks)
             self.image_proj = layers.Dense(self.units, name="image_proj")
-            if self.position_embedding:
-                self.positions = layers.Embedding(self.pixels, self.units, name="positions")
+            if positions == "learned":
+                self.position_embedding = layers.Embedding(self.pixels, self.units, name="position_embedding")
         self.attentions = []
         if mode == "attention":
             self.attentions = [SoftAttention(self.attention_dim, name=f"hop_{k + 1}") for k in range(self.hops)]
@@ -146,9 +152,10 @@ class VQAModel(keras.Model):
         self.encoder.build((batch, None, self.embed_dim))
         self.question_proj.build((batch, 2 * self.units))
         if self.backbone is not None:
-            self.image_proj.build((batch, self.pixels, self.grid[2]))
-            if self.position_embedding:
-                self.positions.build((self.pixels,))
+            extra = 2 if self.positions == "coords" else 0
+            self.image_proj.build((batch, self.pixels, self.grid[2] + extra))
+            if self.positions == "learned":
+                self.position_embedding.build((self.pixels,))
         for attention in self.attentions:
             attention.build((batch, self.pixels, self.units), None, (batch, self.units))
         if self.hidden is not None:
@@ -175,9 +182,17 @@ class VQAModel(keras.Model):
     def encode_image(self, images, training=None):
         """(batch, h, w, 3) RGB 0..255 -> v_I (batch, pixels, units)."""
         grid = self.backbone(images, training=training)  # (batch, pixels, C)
-        v = self.image_proj(self.drop(grid, training=training))  # (batch, pixels, units)
-        if self.position_embedding:
-            v = v + ops.expand_dims(self.positions(ops.arange(self.pixels)), 0)  # + (1, pixels, units)
+        grid = self.drop(grid, training=training)
+        if self.positions == "coords":
+            gh, gw = self.grid[0], self.grid[1]
+            ys, xs = np.meshgrid((np.arange(gh) + 0.5) / gh * 2 - 1, (np.arange(gw) + 0.5) / gw * 2 - 1,
+                                 indexing="ij")
+            coords = ops.convert_to_tensor(np.stack([xs, ys], -1).reshape(1, -1, 2), dtype=grid.dtype)  # (1, P, 2)
+            coords = ops.broadcast_to(coords, (ops.shape(grid)[0], self.pixels, 2))  # (batch, pixels, 2)
+            grid = ops.concatenate([grid, coords], axis=-1)  # (batch, pixels, C + 2)
+        v = self.image_proj(grid)  # (batch, pixels, units)
+        if self.positions == "learned":
+            v = v + ops.expand_dims(self.position_embedding(ops.arange(self.pixels)), 0)  # + (1, pixels, units)
         return ops.tanh(v)  # (batch, pixels, units)
 
     def call(self, inputs, training=None, return_attention=False):
@@ -194,13 +209,16 @@ class VQAModel(keras.Model):
         alpha = ops.full((batch, self.pixels), 1.0 / self.pixels, dtype=u.dtype)  # (batch, pixels)
         if self.mode != "blind":
             v = self.encode_image(images, training=training)  # (M, pixels, units)
-            if image_index is not None:
-                v = ops.take(v, ops.cast(image_index, "int32"), axis=0)  # (batch, pixels, units)
+            keys = [attention.project_features(v) for attention in self.attentions]  # (M, pixels, attention_dim)
+            if image_index is not None:  # per image -> per question, after the per-image work
+                index = ops.cast(image_index, "int32")
+                v = ops.take(v, index, axis=0)  # (batch, pixels, units)
+                keys = [ops.take(k, index, axis=0) for k in keys]  # (batch, pixels, attention_dim)
             if self.mode == "mean":
                 u = u + ops.mean(v, axis=1)  # (batch, units)
             else:
-                for attention in self.attentions:
-                    context, alpha = attention(v, attention.project_features(v), u)  # (batch, units), (batch, P)
+                for attention, k in zip(self.attentions, keys):
+                    context, alpha = attention(v, k, u)  # (batch, units), (batch, pixels)
                     u = u + context  # (batch, units)
         h = self.hidden(u) if self.hidden is not None else u  # (batch, classifier_units)
         logits = self.classifier(self.drop(h, training=training))  # (batch, K)
@@ -212,7 +230,7 @@ class VQAModel(keras.Model):
                       image_size=list(self.image_size), trainable_blocks=self.trainable_blocks,
                       embed_dim=self.embed_dim, units=self.units, attention_dim=self.attention_dim, hops=self.hops,
                       cell_type=self.cell_type, dropout=self.dropout, mode=self.mode,
-                      classifier_units=self.classifier_units, position_embedding=self.position_embedding)
+                      classifier_units=self.classifier_units, positions=self.positions)
         return config
 
 
@@ -442,7 +460,7 @@ class _BestEpoch(keras.callbacks.Callback):
         super().__init__()
         self.val, self.answers, self.save, self.verbose = val, answers, save, verbose
         self.grouping = (images_per_batch, questions_per_image)
-        self.best, self.best_epoch, self.best_weights, self.history = -1.0, 0, None, []
+        self.best, self.best_epoch, self.best_weights, self.history = -math.inf, 0, None, []
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -481,7 +499,7 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
               cell_type: str = "lstm", dropout: float = 0.2, mode: str = "attention", top_answers: int = 1000,
               train_split: str = "train", val_split: str = "val", seed: int = 0, verbose: int = 1,
               time_budget: float | None = None, max_steps: int | None = None,
-              classifier_units: int | None = None, questions_per_image: int = 4) -> dict:
+              classifier_units: int | None = None, questions_per_image: int | None = None) -> dict:
     """Trains a VQA model with Keras `fit` and writes a model folder (captioner.model.save_model_dir).
 
     Images are decoded once into memory (uint8). Each epoch ends with VQA accuracy on `val_split`; the best epoch's
@@ -495,7 +513,8 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         backbone, weights, image_size, trainable_blocks: the image encoder (captioner.backbones.build_backbone).
         epochs, batch_size, lr: optimisation (Adam); batch_size counts questions.
         questions_per_image: a batch is batch_size // questions_per_image images with up to this many questions
-            each, so the backbone runs once per image (an epoch still sees every question once).
+            each, so the backbone runs once per image (an epoch still sees every question once); default: the
+            median number of questions per training image, at most 8.
         embed, units, attention_dim, hops, cell_type, dropout, mode, classifier_units: VQAModel arguments
             (attention_dim defaults to units).
         top_answers: K, the answer list size (all answers when there are fewer).
@@ -523,7 +542,6 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         raise UserError(f"unknown VQA mode {mode!r}; choose one of: {', '.join(MODES)}")
     epochs = _check_int("epochs", epochs, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
-    questions_per_image = _check_int("questions_per_image", questions_per_image, 1)
     hops = _check_int("hops", hops, 1)
     top_answers = _check_int("top_answers", top_answers, 1)
     if not lr or lr <= 0:
@@ -567,6 +585,10 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         skipped += v_skipped
         val_data = (v_images, v_index, v_questions, val)
 
+    if questions_per_image is None:
+        per_image = collections.Counter(tr_index.tolist()).values()
+        questions_per_image = int(min(8, max(1, np.median(list(per_image)))))
+    questions_per_image = _check_int("questions_per_image", questions_per_image, 1)
     per_batch = max(1, batch_size // questions_per_image)
     data = _Batches(tr_images, tr_index, tr_questions, targets, len(answers), per_batch, questions_per_image,
                     shuffle=True, seed=seed)
@@ -612,6 +634,7 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         "train_seconds": round(time.perf_counter() - start, 1),
         "fit_seconds": round(fit_seconds, 1),
         "questions_per_second": round(seen / max(fit_seconds, 1e-9), 1),
+        "questions_per_image": questions_per_image,
         "skipped_images": skipped,
     }
 

@@ -69,10 +69,15 @@ def save_weights_without_carried_state(model, path) -> None:
 
 
 def copy_weights(source, target) -> None:
-    """Copies every weight of `target` from the weight of `source` with the same path (carried state is skipped)."""
+    """Copies every weight of `target` from the weight of `source` with the same path (carried state is skipped).
+
+    The values are copied, not shared: on JAX, `fit` donates (deletes) the training model's arrays at its next
+    step, and a target that shared them would be left holding deleted arrays.
+    """
+    from keras import ops
     by_path = {w.path.split("/", 1)[-1]: w for w in source.weights}
     for w in target.weights:
-        w.assign(by_path[w.path.split("/", 1)[-1]].value)
+        w.assign(ops.copy(by_path[w.path.split("/", 1)[-1]].value))
 
 
 def build_model(arch: str, model_config: dict):

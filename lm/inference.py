@@ -16,6 +16,14 @@ from lm.data import evaluation_rows, sentence_batches, stream_ids
 from lm.sampling import sample_next
 
 
+def _numpy(x) -> np.ndarray:
+    """A backend tensor -> numpy (np.asarray fails on PyTorch tensors that carry a gradient)."""
+    if isinstance(x, np.ndarray):
+        return x
+    from keras import ops
+    return ops.convert_to_numpy(x)
+
+
 def _log_softmax_np(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype("float64")
     logits -= logits.max(axis=-1, keepdims=True)
@@ -24,7 +32,7 @@ def _log_softmax_np(logits: np.ndarray) -> np.ndarray:
 
 def _target_nll(logits, targets) -> tuple[float, int]:
     """Sum of -log p(target) over non-pad targets, and how many there were."""
-    logp = _log_softmax_np(np.asarray(logits))  # (batch, time, vocab)
+    logp = _log_softmax_np(_numpy(logits))  # (batch, time, vocab)
     picked = np.take_along_axis(logp, targets[..., None].astype("int64"), axis=-1)[..., 0]
     mask = targets != 0
     return float(-(picked * mask).sum()), int(mask.sum())
@@ -53,7 +61,7 @@ def perplexity(loaded: LoadedModel, sentences, batch_rows: int = 32) -> tuple[fl
         x, y = window_examples(stream_ids(sentences, vocab), loaded.model.context, vocab.eos_id)
         total = 0.0
         for i in range(0, len(x), 1024):
-            logits = np.asarray(loaded.model(x[i: i + 1024]))
+            logits = _numpy(loaded.model(x[i: i + 1024]))
             total += _target_nll(logits[:, None, :], y[i: i + 1024, None])[0]
         count = len(y)
     elif loaded.mode == "stream":
@@ -94,10 +102,10 @@ def generate(loaded: LoadedModel, prompt: list[str] | None = None, max_tokens: i
             logits = np.log(np.maximum(probs, 1e-300))
         elif loaded.arch == "window":
             context = ([vocab.eos_id] * loaded.model.context + history + new)[-loaded.model.context:]
-            logits = np.asarray(loaded.model(np.asarray([context], dtype="int32")))[0]
+            logits = _numpy(loaded.model(np.asarray([context], dtype="int32")))[0]
         else:
             out, states = loaded.model.logits_and_states(pending, states)
-            logits = np.asarray(out)[0, -1]
+            logits = _numpy(out)[0, -1]
         token = sample_next(logits, rng, temperature, top_k, top_p, banned=banned)
         if token == vocab.eos_id:
             break

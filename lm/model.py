@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from lm.accel import carried_state_variable
 from lm.recurrent import RecurrentStack
 
 
@@ -72,18 +73,21 @@ class LanguageModel(keras.Model):
             self.head.build((batch, time, self.units))
         if self.stateful:
             n = 2 if self.stack.cell_type == "lstm" else 1
-            self.carried = [[self.add_weight(shape=(self.batch_size, self.units), initializer="zeros",
-                                             trainable=False, name=f"carried_{i}_{j}") for j in range(n)]
-                            for i in range(self.num_layers)]
+            # Float32 (batch, units) variables; batch-sharded / per-replica under --distribute (lm.accel).
+            self.carried = [[carried_state_variable(self, self.batch_size, self.units, f"carried_{i}_{j}")
+                             for j in range(n)] for i in range(self.num_layers)]
         self.built = True
 
     def logits_from_hidden(self, hidden):
         """(..., units) -> (..., vocab): the output layer, tied to the embedding or not."""
         if not self.tie_weights:
-            return self.head(hidden)
+            return ops.cast(self.head(hidden), "float32")  # float32 logits under mixed precision too
         if self.projection is not None:
             hidden = self.projection(hidden)
-        return ops.matmul(hidden, ops.transpose(self.embedding.embeddings)) + self.output_bias
+        # The projection runs in the compute dtype (bfloat16 under mixed precision); logits come out float32.
+        weights = ops.cast(self.embedding.embeddings, hidden.dtype)  # (vocab, embed)
+        logits = ops.matmul(hidden, ops.transpose(weights)) + ops.cast(self.output_bias, hidden.dtype)
+        return ops.cast(logits, "float32")
 
     def logits_and_states(self, tokens, states=None, training=False):
         """tokens (batch, time) int, states or None -> (logits (batch, time, vocab), new states per layer)."""
@@ -96,19 +100,19 @@ class LanguageModel(keras.Model):
         if not self.stateful:
             return self.logits_and_states(tokens, training=training)[0]
         # A copy, because the variables are overwritten below (PyTorch's autograd rejects in-place changes).
-        states = [[ops.copy(v.value) for v in layer] for layer in self.carried]
+        states = [[ops.cast(ops.copy(v.value), self.compute_dtype) for v in layer] for layer in self.carried]
         logits, new_states = self.logits_and_states(tokens, states, training=training)
         for variables, values in zip(self.carried, new_states):
             for variable, value in zip(variables, values):
                 # Truncated BPTT: the next batch starts from these values, but no gradient flows back into them.
-                variable.assign(ops.stop_gradient(value))
+                variable.assign(ops.cast(ops.stop_gradient(value), variable.dtype))
         return logits
 
     def reset_states(self):
         """Zeroes the carried states (start of every epoch, and before a new text)."""
         for layer in getattr(self, "carried", []):
             for variable in layer:
-                variable.assign(ops.zeros_like(variable))
+                variable.assign(ops.zeros(variable.shape, variable.dtype))  # zeros_like fails on JAX
 
     def get_config(self):
         config = super().get_config()

@@ -42,10 +42,15 @@ class ValidationCallback(keras.callbacks.Callback):
         copy_weights(self.model, self.eval_model)
         loaded = LoadedModel(self.arch, self.eval_model, self.vocab, self.extra)
         ppl, _ = perplexity(loaded, self.valid)
-        lr = float(np.asarray(self.model.optimizer.learning_rate))
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.history.append({"epoch": epoch + 1, "val_perplexity": ppl, "lr": lr})
         if logs is not None:
             logs["val_perplexity"] = ppl
+        if not math.isfinite(ppl):  # diverged: nothing worth saving, and later epochs will not recover
+            self.model.stop_training = True
+            if self.verbose:
+                print(f"epoch {epoch + 1}: valid perplexity {ppl} (diverged, stopping)", flush=True)
+            return
         improved = ppl < self.best * 0.999
         if improved:
             self.best, self.bad_epochs = ppl, 0
@@ -124,6 +129,10 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         if time_budget:
             callbacks.append(TimeBudgetCallback(time_budget, start))
         model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **fit_kwargs)
+        if not math.isfinite(validation.best):
+            # Nothing was saved: do not report (or leave the user with) whatever the folder held before.
+            raise UserError(f"training diverged (validation perplexity {validation.history[-1]['val_perplexity']}); "
+                            "try a lower --lr or --clip 1")
         # Reload the best epoch's weights (what the folder holds) for the final figures.
         from lm.checkpoint import load_model_dir
         loaded = load_model_dir(out_dir)

@@ -25,6 +25,11 @@ def _zeros(model, batch=2):
     return np.zeros((batch, *model.input.shape[1:]), "float32")
 
 
+def _base(model):
+    """The wrapped network inside a backbone (the one nested keras.Model)."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
 def _noise(model, batch=2, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (batch, *model.input.shape[1:])).astype("float32")
 
@@ -81,8 +86,8 @@ def test_build_backbone_shapes(name, size):
 
     # What trainable_blocks counts, per family (see BACKBONES[name].blocks).
     if name != "small_cnn":
-        base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-        keys = list(dict.fromkeys(backbones._block_keys(BACKBONES[name], [layer.name for layer in base.layers])))
+        names = [layer.name for layer in _base(model).layers]
+        keys = list(dict.fromkeys(backbones._block_keys(BACKBONES[name], names)))
         assert len(keys) == BLOCK_COUNTS[name], keys
         assert keys[-1] == {"resnet50": "conv5_block3", "inception_v3": "mixed10"}.get(name, "head"), keys
         if name == "mobilenet_v2":
@@ -106,6 +111,20 @@ def test_bad_names_and_sizes():
         build_backbone("small_cnn", weights="/nonexistent/weights.h5")
     with pytest.raises(UserError, match="trainable_blocks"):
         build_backbone("small_cnn", trainable_blocks=-3)
+
+
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined")
+def test_imagenet_download_failure_is_one_line(monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] no network")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(UserError) as err:
+        build_backbone("mobilenet_v3_small", weights="imagenet", image_size=32)
+    msg = str(err.value)
+    assert "mobilenet_v3_small" in msg and "weights=PATH" in msg and "\n" not in msg
 
 
 # ------------------------------------------------------------------------------------------------ freezing
@@ -143,7 +162,7 @@ def test_trainable_blocks_and_frozen_batchnorm():
 def test_weights_file_round_trip(tmp_path, name, size):
     source = build_backbone(name, image_size=size)
     # Give BN non-trivial statistics so the comparison means something.
-    for layer in source.layers[-2].layers if isinstance(source.layers[-2], keras.Model) else []:
+    for layer in _base(source).layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(np.random.default_rng(1).normal(size=layer.moving_mean.shape) * 0.1)
     x = _noise(source)
@@ -155,9 +174,8 @@ def test_weights_file_round_trip(tmp_path, name, size):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(again(x)), expected, rtol=1e-5, atol=1e-5)
 
     # A file for the bare network (as keras.applications' own weights files are) loads too.
-    base = next(layer for layer in source.layers if isinstance(layer, keras.Model))
     bare = tmp_path / "bare.weights.h5"
-    base.save_weights(str(bare))
+    _base(source).save_weights(str(bare))
     again = build_backbone(name, weights=str(bare), image_size=size)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(again(x)), expected, rtol=1e-5, atol=1e-5)
 

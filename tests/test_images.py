@@ -180,7 +180,7 @@ def test_decompression_bomb():
     # 9000 x 9000 = 81 MP: Pillow alone would accept it; our limit refuses it before decoding.
     with pytest.raises(ImageError) as err:
         decode_image(_png_header_only(9000, 9000))
-    _assert_one_line(err, "megapixels", "decompression bomb")
+    _assert_one_line(err, "pixel limit", "decompression bomb")
     assert 9000 * 9000 > MAX_PIXELS
     # The limit is adjustable per call.
     with pytest.raises(ImageError):
@@ -222,3 +222,14 @@ def test_load_images_with_one_corrupt_item(tmp_path):
     np.testing.assert_allclose(images[3], 9)
     empty, errs = load_images([], 8)
     assert empty.shape == (0, 8, 8, 3) and errs == []
+
+
+def test_load_images_fast_jpeg_path_matches_full_decode():
+    # load_images lets the JPEG decoder downscale big photos (draft mode); the result stays close to a full decode.
+    yy, xx = np.mgrid[0:600, 0:800]
+    photo = np.stack([xx * 255 // 800, yy * 255 // 600, (xx + yy) * 255 // 1400], axis=-1).astype(np.uint8)
+    data = _encode(Image.fromarray(photo), "JPEG", quality=95)
+    fast, errors = load_images([data], (48, 64), "center_crop")
+    full = resize_image(decode_image(data), (48, 64), "center_crop").astype(np.float32)
+    assert errors == [None]
+    assert np.abs(fast[0] - full).mean() < 2.0

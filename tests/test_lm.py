@@ -278,7 +278,7 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch,extra", [("ngram", ["--order", "3"]), ("window", ["--order", "3"]), ("rnn", []),
-                                        ("gru", ["--tie", "--layers", "2"]), ("lstm", []),
+                                        ("gru", ["--tie"]), ("lstm", []),
                                         ("lstm", ["--mode", "sentence"])])
 def test_cli_train_perplexity_generate(tmp_path, capsys, corpus, arch, extra):
     out = tmp_path / "model"
@@ -367,3 +367,13 @@ def test_training_rejects_bad_options(corpus, tmp_path):
         train_language_model(splits, str(tmp_path / "x"), arch="transformer")
     with pytest.raises(UserError, match="order"):
         train_language_model(splits, str(tmp_path / "x"), arch="ngram", order=7)
+
+
+def test_training_that_diverges_is_an_error_not_a_stale_model(corpus, tmp_path, monkeypatch):
+    import lm.training
+    from lm.text import load_corpus
+    monkeypatch.setattr(lm.training, "perplexity", lambda loaded, sentences: (float("nan"), 1))
+    with pytest.raises(UserError, match="diverged"):
+        lm.training.train_language_model(load_corpus(corpus), str(tmp_path / "x"), arch="rnn", units=4, epochs=2,
+                                         batch_size=4, bptt=5, verbose=0)
+    assert not (tmp_path / "x" / "config.json").exists()

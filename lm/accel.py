@@ -1,0 +1,198 @@
+"""Speed and scale switches shared by `lm train` and `captioner train`: bf16 mixed precision, XLA, several devices.
+
+  * `precision(mixed)`: with `mixed=True`, layers built inside compute in bfloat16 and keep float32 weights
+    (Keras policy "mixed_bfloat16"); the models cast their logits to float32 before softmax and loss.
+  * `jit_option("auto" | True | False)`: the `jit_compile` argument of `compile` ("auto" lets Keras decide:
+    XLA on JAX, XLA on TensorFlow where the model compiles, never on PyTorch).
+  * `distribution(enabled)`: data parallelism over every local accelerator (or every virtual CPU device).
+    JAX: `keras.distribution.DataParallel` (weights replicated, each batch split along its first axis);
+    TensorFlow: `tf.distribute.MirroredStrategy`, inside whose scope the model is built and compiled.
+    PyTorch has no such path here (use `torchrun` and DDP outside this toolkit).
+  * `training_options(...)` / `@accelerated`: the two context managers around a whole training function.
+
+Stateful language models keep their carried state (lm.model) in variables of a fixed batch size, created by
+`carried_state_variable`: under JAX data parallelism those variables are sharded along the batch axis like the
+data, so every device keeps the rows of its own slice of the batch; under MirroredStrategy each replica keeps its
+own (batch / replicas, units) copy (a sync-on-read variable). The global batch size must be a multiple of the
+device count (the data are split evenly); ragged last batches are dropped by the callers.
+
+Nothing here imports TensorFlow at module level (a GPU host may have JAX and PyTorch only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+
+import keras
+
+from lm.errors import UserError
+
+MIXED_POLICY = "mixed_bfloat16"
+
+
+# ---- precision -------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def precision(mixed: bool = False):
+    """Inside: the global dtype policy is "mixed_bfloat16" when `mixed` (else unchanged). Restored on exit."""
+    if not mixed:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(MIXED_POLICY)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_logits(logits):
+    """Logits in float32 whatever the compute dtype (softmax and cross-entropy stay in full precision)."""
+    return keras.ops.cast(logits, "float32")
+
+
+# ---- XLA -------------------------------------------------------------------------------------------------------
+def jit_option(value="auto"):
+    """"auto" | True | False | "true" | "false" | None -> the `jit_compile` value for `Model.compile`."""
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on", "xla"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"--jit must be auto, true or false, got {value!r}")
+    return bool(value)
+
+
+# ---- several devices -------------------------------------------------------------------------------------------
+CARRIED_PREFIX = "carried_"
+
+
+def _jax_data_parallel_class():
+    from keras.distribution import DataParallel, TensorLayout
+
+    class StatefulDataParallel(DataParallel):
+        """DataParallel whose carried-state variables (named `carried_*`) are split along the batch, like the data."""
+
+        def get_variable_layout(self, variable):
+            name = variable.path.rsplit("/", 1)[-1]
+            devices = self.device_mesh.devices.size
+            if (name.startswith(CARRIED_PREFIX) and len(variable.shape) >= 1 and variable.shape[0]
+                    and variable.shape[0] % devices == 0):
+                return TensorLayout([self.batch_dim_name] + [None] * (len(variable.shape) - 1), self.device_mesh)
+            return super().get_variable_layout(variable)
+
+    return StatefulDataParallel
+
+
+def _tf_strategy():
+    import tensorflow as tf
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    cpus = tf.config.list_logical_devices("CPU")
+    # NCCL is for GPUs; CPU replicas (tests, virtual devices) reduce through one device.
+    return tf.distribute.MirroredStrategy([d.name for d in cpus],
+                                          cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+@contextlib.contextmanager
+def distribution(enabled: bool = False, batch_size: int | None = None):
+    """Inside: data-parallel training over all local devices of the backend (see the module docstring).
+
+    Yields the number of replicas (1 when not enabled). Build, compile and fit the model inside.
+    """
+    if not enabled:
+        yield 1
+        return
+    backend = keras.backend.backend()
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        dist = _jax_data_parallel_class()(devices=devices)
+        _check_batch(batch_size, len(devices))
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(dist)
+        try:
+            yield len(devices)
+        finally:
+            keras.distribution.set_distribution(previous)
+    elif backend == "tensorflow":
+        strategy = _tf_strategy()
+        _check_batch(batch_size, strategy.num_replicas_in_sync)
+        with strategy.scope():
+            yield strategy.num_replicas_in_sync
+    else:
+        raise UserError(f"--distribute needs the JAX or TensorFlow backend, not {backend} "
+                        "(set KERAS_BACKEND=jax or KERAS_BACKEND=tensorflow)")
+
+
+def _check_batch(batch_size, replicas):
+    if batch_size and batch_size % replicas:
+        raise UserError(f"--batch-size {batch_size} must be a multiple of the {replicas} devices with --distribute")
+
+
+def replicas() -> int:
+    """How many data-parallel replicas are active now (JAX distribution or TensorFlow strategy), 1 if none."""
+    dist = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if dist is not None:
+        return int(dist.device_mesh.devices.size)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        if tf.distribute.has_strategy():
+            return int(tf.distribute.get_strategy().num_replicas_in_sync)
+    return 1
+
+
+def _tf_replicas() -> int:
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+    return int(tf.distribute.get_strategy().num_replicas_in_sync) if tf.distribute.has_strategy() else 1
+
+
+def carried_state_variable(layer, batch_size: int, units: int, name: str):
+    """A float32, non-trainable, zero-initialised (batch, units) variable tracked by `layer`, for state carried
+    across batches (truncated BPTT). Distribution-aware: batch-sharded under JAX DataParallel (by its name, which
+    gets the `carried_` prefix), one (batch / replicas, units) copy per replica under a TensorFlow strategy."""
+    if not name.startswith(CARRIED_PREFIX):
+        name = CARRIED_PREFIX + name
+    tf_replicas = _tf_replicas()
+    if tf_replicas == 1:
+        return layer.add_weight(shape=(batch_size, units), initializer="zeros", dtype="float32", trainable=False,
+                                autocast=False, name=name)
+    if batch_size % tf_replicas:
+        raise UserError(f"batch size {batch_size} must be a multiple of the {tf_replicas} replicas")
+    with keras.name_scope(layer.name, caller=layer):
+        variable = keras.Variable(initializer="zeros", shape=(batch_size // tf_replicas, units), dtype="float32",
+                                  trainable=False, autocast=False, name=name, synchronization="on_read",
+                                  aggregation="only_first_replica")
+    layer._track_variable(variable)
+    return variable
+
+
+# ---- all together ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def training_options(mixed_precision: bool = False, distribute: bool = False, batch_size: int | None = None):
+    """`precision(mixed_precision)` and `distribution(distribute)` together; yields the replica count."""
+    with precision(mixed_precision), distribution(distribute, batch_size) as n:
+        yield n
+
+
+def accelerated(fn):
+    """Decorator for training functions with `mixed_precision`, `distribute` and `batch_size` parameters: runs the
+    whole function inside `training_options(...)`, so that every model it builds, compiles and fits gets them."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        options = bound.arguments
+        with training_options(bool(options.get("mixed_precision")), bool(options.get("distribute")),
+                              options.get("batch_size")):
+            return fn(*args, **kwargs)
+
+    return wrapper

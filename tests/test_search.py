@@ -1,0 +1,221 @@
+"""Search over captions (lm.sampling.beam_search / greedy_search through CaptionDecoder.generate).
+
+* beam width 1 is exactly greedy decoding (words and scores), on TensorFlow here and on JAX in a child process;
+* a step function that never ends still gives max_length words;
+* the returned score is the documented length-normalised one, sum log p / length ** length_penalty, and the
+  penalty decides between a short and a long finished beam as it should;
+* attention comes back as (batch, max_length, pixels) with rows that sum to 1 on the real steps.
+
+The checks are plain functions so the JAX child can run the very same code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EOS, BOS = 3, 2
+
+# Toy vocabulary: 0 <pad>, 1 <unk>, 2 <bos>, 3 <eos>, 4 a, 5 b, 6 c, 7 d.
+# Next-word probabilities depend on the previous word only. From <bos>, "a <eos>" has the higher *sum* of log
+# probabilities (0.6 * 0.6 = 0.36) but "b c d <eos>" the higher *mean* (0.35 * 0.98^3 = 0.329 over 4 tokens).
+_TABLE = {
+    BOS: {4: 0.6, 5: 0.35, 6: 0.05},
+    4: {EOS: 0.6, 6: 0.4},
+    5: {6: 0.98, EOS: 0.02},
+    6: {7: 0.98, EOS: 0.02},
+    7: {EOS: 0.98, 7: 0.02},
+    EOS: {EOS: 1.0},
+}
+VOCAB = 8
+
+
+def toy_log_probs(table=_TABLE) -> np.ndarray:
+    """(vocab, vocab) log p(next | previous): the table's probabilities, 1e-9 elsewhere, rows renormalised."""
+    probs = np.full((VOCAB, VOCAB), 1e-9)
+    for prev, row in table.items():
+        for word, p in row.items():
+            probs[prev, word] = p
+    probs /= probs.sum(axis=1, keepdims=True)
+    return np.log(probs).astype("float32")
+
+
+def toy_step(log_table, pixels=5):
+    """A step function for lm.sampling: log p(. | previous token) from a fixed table; the state counts steps and
+    the 'attention' is a one-hot on pixel (step mod pixels), so real steps sum to 1."""
+    from keras import ops
+    table = ops.convert_to_tensor(log_table)
+
+    def step(tokens, states, static):
+        log_probs = ops.take(table, tokens, axis=0)  # (rows, vocab)
+        count = states[0] + 1.0  # (rows, 1)
+        position = ops.cast(ops.squeeze(count, -1), "int32") % pixels
+        alpha = ops.one_hot(position, pixels)  # (rows, pixels)
+        return log_probs, [count], alpha
+    return step
+
+
+def run_search(step, batch, method, beam_width=1, max_length=6, length_penalty=1.0, early_exit=True):
+    from keras import ops
+    from lm.sampling import beam_search, greedy_search
+    states = [ops.zeros((batch, 1))]
+    static = [ops.zeros((batch, 2))]
+    if method == "beam":
+        out = beam_search(step, states, static, batch, beam_width, max_length, BOS, EOS, length_penalty,
+                          early_exit=early_exit)
+    else:
+        out = greedy_search(step, states, static, batch, max_length, BOS, EOS, early_exit=early_exit)
+    return tuple(None if x is None else np.asarray(x) for x in out)
+
+
+def sequence_log_prob(log_table, words) -> tuple[float, int]:
+    """(sum of log p over the words up to and including the first <eos>, that length)."""
+    total, prev, length = 0.0, BOS, 0
+    for w in words:
+        total += float(log_table[prev, w])
+        length += 1
+        if w == EOS:
+            break
+        prev = w
+    return total, length
+
+
+def tiny_decoder(attention=True, eos_bias=0.0, seed=0):
+    import keras
+    from keras import ops
+    from captioner.decoder import CaptionDecoder
+    keras.utils.set_random_seed(seed)
+    decoder = CaptionDecoder(vocab_size=12, feature_dim=6, embed_dim=8, units=16, attention_dim=8, dropout=0.0,
+                             attention=attention, alpha_c=0.0)
+    decoder((ops.zeros((1, 9, 6)), ops.ones((1, 3), "int32")))
+    if eos_bias:
+        bias = np.asarray(decoder.head.bias).copy()
+        bias[EOS] += eos_bias
+        decoder.head.bias.assign(bias)
+    return decoder
+
+
+def features(batch=3, pixels=9, channels=6, seed=1):
+    return np.random.default_rng(seed).normal(size=(batch, pixels, channels)).astype("float32")
+
+
+# ---- checks (run in this process and, for JAX, in a child) --------------------------------------------------------
+def check_beam_width_one_is_greedy(quick=False):
+    """Greedy vs beam width 1 on a random decoder; eos_bias 2.5 makes most rows end early (early exit, padding)."""
+    configs = [(True, 2.5, True), (False, 0.0, True)] if quick else \
+        [(True, 0.0, True), (True, 2.5, True), (True, 2.5, False), (False, 0.0, True), (False, 2.5, False)]
+    for attention, eos_bias, early_exit in configs:
+        decoder = tiny_decoder(attention, eos_bias)
+        feats = features()
+        gw, gs, ga = (np.asarray(x) for x in decoder.generate(feats, method="greedy", max_length=7,
+                                                              early_exit=early_exit))
+        bw, bs, ba = (np.asarray(x) for x in decoder.generate(feats, method="beam", beam_width=1, max_length=7,
+                                                              early_exit=early_exit))
+        np.testing.assert_array_equal(bw, gw)
+        np.testing.assert_allclose(bs, gs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ba, ga, atol=1e-6)
+        assert gw.shape == (3, 7) and gs.shape == (3,) and ga.shape == (3, 7, 9)
+        if eos_bias:
+            assert (gw == EOS).any()  # the early-ending path is exercised
+
+
+def check_never_ending_search_gives_max_length_words():
+    never = {prev: {4: 0.7, 5: 0.3} for prev in (BOS, 4, 5)}  # <eos> only ever gets 1e-9
+    log_table = toy_log_probs(never)
+    step = toy_step(log_table)
+    for method, width in (("greedy", 1), ("beam", 1), ("beam", 3)):
+        words, scores, alphas = run_search(step, batch=2, method=method, beam_width=width, max_length=6)
+        assert words.shape == (2, 6), (method, width)
+        assert not (words == EOS).any(), (method, width)
+        total, length = sequence_log_prob(log_table, words[0])
+        assert length == 6
+        np.testing.assert_allclose(scores[0], total / 6, rtol=1e-5)  # normalised with length max_length
+        np.testing.assert_allclose(alphas.sum(-1), 1.0, atol=1e-6)  # every step is real
+    from lm.vocab import Vocabulary
+    vocab = Vocabulary(["a", "b", "c", "d"])
+    assert vocab.decode(words[0]) == ["a"] * 6  # 0.7 > 0.3 at every step: six words, no <eos>
+
+
+def check_length_normalisation():
+    log_table = toy_log_probs()
+    step = toy_step(log_table)
+    short, long = [4, EOS], [5, 6, 7, EOS]
+    s_sum, s_len = sequence_log_prob(log_table, short)
+    l_sum, l_len = sequence_log_prob(log_table, long)
+    assert s_sum > l_sum and s_sum / s_len < l_sum / l_len  # the premise of the table
+    for penalty, expected, (total, length) in ((1.0, long, (l_sum, l_len)), (0.0, short, (s_sum, s_len)),
+                                                (0.5, long, (l_sum, l_len))):
+        for early_exit in (True, False):
+            words, scores, alphas = run_search(step, batch=2, method="beam", beam_width=2, max_length=6,
+                                               length_penalty=penalty, early_exit=early_exit)
+            assert words.shape == (2, 6) and alphas.shape == (2, 6, 5)
+            for row in range(2):
+                assert list(words[row, : len(expected)]) == expected, (penalty, words[row])
+                assert (words[row, len(expected):] == EOS).all()  # after <eos> only <eos>
+                np.testing.assert_allclose(scores[row], total / length ** penalty, rtol=1e-5)
+                # the attention of the chosen beam's real steps: the one-hot of each step's count
+                for t in range(length):
+                    np.testing.assert_allclose(alphas[row, t], np.eye(5)[(t + 1) % 5], atol=1e-6)
+    assert math.isclose(l_sum / l_len ** 0.5, max(l_sum / l_len ** 0.5, s_sum / s_len ** 0.5))
+    # Greedy takes "a" first and then ends: score = mean log p per token (its documented length_penalty 1).
+    words, scores, _ = run_search(step, batch=1, method="greedy", max_length=6)
+    assert list(words[0, :2]) == short
+    np.testing.assert_allclose(scores[0], s_sum / s_len, rtol=1e-5)
+
+
+def check_attention_shape_and_rows():
+    for eos_bias in (0.0, 2.5):
+        decoder = tiny_decoder(True, eos_bias)
+        feats = features(batch=4)
+        for kwargs in ({"method": "greedy"}, {"method": "beam", "beam_width": 3},
+                       {"method": "beam", "beam_width": 3, "early_exit": False}):
+            words, scores, alphas = (np.asarray(x) for x in decoder.generate(feats, max_length=8, **kwargs))
+            assert words.shape == (4, 8) and scores.shape == (4,) and alphas.shape == (4, 8, 9), kwargs
+            assert np.isfinite(scores).all() and (scores <= 0).all()
+            for row in range(4):
+                ends = np.flatnonzero(words[row] == EOS)
+                real = ends[0] + 1 if len(ends) else 8  # the words and the <eos> step
+                np.testing.assert_allclose(alphas[row, :real].sum(-1), 1.0, atol=1e-5)
+                assert (alphas[row, :real] >= 0).all()
+                assert (words[row, real:] == EOS).all()
+
+
+# ---- tests --------------------------------------------------------------------------------------------------------
+def test_beam_width_one_is_greedy():
+    check_beam_width_one_is_greedy()
+
+
+def test_never_ending_search_gives_max_length_words():
+    check_never_ending_search_gives_max_length_words()
+
+
+def test_length_normalisation():
+    check_length_normalisation()
+
+
+def test_attention_shape_and_rows():
+    check_attention_shape_and_rows()
+
+
+def test_no_attention_decoder_returns_zero_attention():
+    decoder = tiny_decoder(attention=False)
+    words, scores, alphas = (np.asarray(x) for x in decoder.generate(features(), beam_width=3, max_length=5))
+    assert alphas.shape == (3, 5, 9) and not alphas.any()
+
+
+def test_all_checks_on_jax():
+    """The same checks under KERAS_BACKEND=jax, in a child process (the backend is chosen at import)."""
+    pytest.importorskip("jax")
+    code = ("import sys; sys.path.insert(0, 'tests'); import keras; assert keras.backend.backend() == 'jax'; "
+            "import test_search as t; t.check_beam_width_one_is_greedy(quick=True); t.check_length_normalisation(); "
+            "t.check_never_ending_search_gives_max_length_words(); print('OK')")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
