@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from lm.cli import run_cli
+from lm.cli import add_accel_flags, run_cli
 from lm.errors import UserError
 
 
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VQA: stacked attention, question only, or mean-pooled image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, default=None, help="stop after the epoch past this many seconds")
+    add_accel_flags(p)  # --mixed-precision, --jit/--no-jit, --distribute (captions only)
     p.add_argument("--json", action="store_true", help="print the training summary as JSON")
 
     p = sub.add_parser("evaluate", help="score a model on a split (captions: BLEU, METEOR, ROUGE-L, CIDEr; VQA: accuracy)")
@@ -180,6 +181,8 @@ def cmd_train(a) -> int:
                   embed=a.embed, units=a.units, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
                   verbose=verbose, time_budget=a.time_budget)
     if task == "vqa":
+        if a.mixed_precision or a.distribute or a.jit != "auto":
+            raise UserError("--mixed-precision, --jit/--no-jit and --distribute apply to caption training only")
         from captioner.vqa import train_vqa
         summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode, **common)
     else:
@@ -188,7 +191,8 @@ def cmd_train(a) -> int:
                                   attention=not a.no_attention, alpha_c=a.alpha_c,
                                   scheduled_sampling=a.scheduled_sampling, min_count=a.min_count,
                                   max_length=a.max_length, cache_features=a.cache_features, cache_dir=a.cache_dir,
-                                  init_from_lm=a.init_from_lm, **common)
+                                  init_from_lm=a.init_from_lm, mixed_precision=a.mixed_precision, jit=a.jit,
+                                  distribute=a.distribute, **common)
     print(json.dumps(summary) if a.json else f"wrote {a.out} ({task} model, {summary.get('train_seconds')} s)")
     return 0
 

@@ -148,21 +148,18 @@ def _jpeg_orientation(tf, data):
 
 
 def _apply_orientation(tf, pixels, orientation):
-    """(H, W, 3) -> the image as ImageOps.exif_transpose shows it (orientation 1..8)."""
-    def transpose(x):
-        return tf.transpose(x, [1, 0, 2])
+    """(H, W, 3) -> the image as ImageOps.exif_transpose shows it (orientation 1..8).
 
-    branches = [
-        lambda: pixels,  # 1
-        lambda: tf.reverse(pixels, [1]),  # 2 mirror left-right
-        lambda: tf.reverse(pixels, [0, 1]),  # 3 rotate 180
-        lambda: tf.reverse(pixels, [0]),  # 4 mirror top-bottom
-        lambda: transpose(pixels),  # 5 transpose
-        lambda: transpose(tf.reverse(pixels, [0])),  # 6 rotate 90 clockwise (PIL ROTATE_270)
-        lambda: tf.reverse(transpose(pixels), [0, 1]),  # 7 transverse
-        lambda: tf.reverse(transpose(pixels), [0]),  # 8 rotate 90 counter-clockwise (PIL ROTATE_90)
-    ]
-    return tf.switch_case(orientation - 1, branches)
+    Each orientation is a flip top-bottom and/or left-right, then maybe a transpose:
+    2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise.
+    """
+    index = orientation - 1
+    flip_ud = tf.gather([False, False, True, True, False, True, True, False], index)
+    flip_lr = tf.gather([False, True, True, False, False, False, True, True], index)
+    transpose = orientation >= 5
+    axes = tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_ud, flip_lr]))
+    flipped = tf.reverse(pixels, axes)
+    return tf.transpose(flipped, tf.where(transpose, tf.constant([1, 0, 2]), tf.constant([0, 1, 2])))
 
 
 def _alpha_composite_on_white(tf, rgba):
@@ -232,24 +229,27 @@ def pillow_resize_graph(pixels, out_h, out_w, box=None):
     if box is None:
         box = (tf.constant(0.0), tf.constant(0.0), tf.cast(w, tf.float32), tf.cast(h, tf.float32))
     left, top, right, bottom = (tf.cast(b, tf.float32) for b in box)
-    x = tf.cast(pixels, tf.float64)
     kx = _coefficients(tf, w, left, right, out_w)  # (out_w, W)
     ky = _coefficients(tf, h, top, bottom, out_h)  # (out_h, H)
     out_w_t, out_h_t = tf.cast(out_w, tf.int32), tf.cast(out_h, tf.int32)
     need_x = tf.not_equal(out_w_t, w) | tf.not_equal(left, 0.0) | tf.not_equal(right, tf.cast(out_w_t, tf.float32))
     need_y = tf.not_equal(out_h_t, h) | tf.not_equal(top, 0.0) | tf.not_equal(bottom, tf.cast(out_h_t, tf.float32))
-
-    def across(image):  # horizontal pass
-        return tf.cond(need_x, lambda: _resample_rows(tf, image, kx), lambda: image)
-
-    def down(image):  # vertical pass
-        return tf.cond(need_y, lambda: tf.transpose(_resample_rows(tf, tf.transpose(image, [1, 0, 2]), ky),
-                                                    [1, 0, 2]), lambda: image)
-
-    # Pillow >= 11.2 runs the vertical pass first unless the width shrinks more than twice as much as the height.
+    # Pass order, measured on Pillow 13 (older Pillow always ran the horizontal pass first, so this is
+    # version-dependent; tests/test_export.py checks it against the installed Pillow): vertical first when the
+    # height shrinks, and by more than twice as much as the width.
     vertical_first = (h > out_h_t) & ((h - out_h_t) > (w - out_w_t) * 2)
-    out = tf.cond(vertical_first, lambda: across(down(x)), lambda: down(across(x)))
-    return tf.cast(out, tf.uint8)
+    swap, keep = tf.constant([1, 0, 2]), tf.constant([0, 1, 2])
+
+    def one_pass(image, vertical):  # a horizontal pass on the image, or on its transpose for a vertical one
+        perm = tf.where(vertical, swap, keep)
+        rows = tf.transpose(image, perm)
+        kk = tf.cond(vertical, lambda: ky, lambda: kx)
+        need = tf.where(vertical, need_y, need_x)
+        return tf.transpose(tf.cond(need, lambda: _resample_rows(tf, rows, kk), lambda: rows), perm)
+
+    x = tf.cast(pixels, tf.float64)
+    x = one_pass(one_pass(x, vertical_first), tf.logical_not(vertical_first))
+    return tf.cast(x, tf.uint8)
 
 
 def _resize_policy(tf, pixels, height: int, width: int, policy: str):
@@ -527,9 +527,77 @@ def _folder_files(directory) -> dict[str, str]:
 
 
 def export_vqa(out_dir, model_dir) -> str:
-    """Writes a SavedModel: (image bytes, question text) -> answer strings and scores.
+    """Writes a SavedModel: (image bytes, question text) -> answers, as `captioner ask` / vqa.answer_questions.
 
-    TODO: captioner/vqa.py (VQAModel) is not written yet; this export is implemented once its call signature
-    (images, question ids) is fixed.
+    Signature `serving_default`:
+        inputs:  images     tf.string [batch]   file bytes, one image per question (repeat the bytes for several
+                                                questions about one image)
+                 questions  tf.string [batch]   raw text, tokenized in the graph like lm.text.tokenize, cut to the
+                                                folder's max_question_length; an empty question is one `<unk>`
+        outputs: answers    tf.string [batch]   "" for an image that could not be read
+                 scores     float32  [batch]    softmax probability of the answer, 0 for a bad image
+                 attention  float32  [batch, H, W]  the last hop's attention over the grid
+                 errors     tf.string [batch]   "" or a one-line reason
+
+    Args:
+        out_dir: folder to write (created; an existing SavedModel there is replaced).
+        model_dir: a VQA model folder (captioner.vqa.train_vqa); None = the bundled one.
+
+    Returns:
+        out_dir as an absolute path.
+
+    Example:
+        >>> export_vqa("exported/vqa", "runs/vqa")
+        '/.../exported/vqa'
     """
-    raise UserError("VQA export is not available yet (captioner/vqa.py is still being written)")
+    kwargs = dict(out_dir=os.fspath(out_dir), model_dir=None if model_dir is None else os.fspath(model_dir))
+    if run_with_tensorflow_backend(__name__, "export_vqa", kwargs):
+        return os.path.abspath(os.fspath(out_dir))
+    tf = _tf()
+    from captioner.model import load_model_dir
+    from captioner.vqa import MAX_QUESTION_LENGTH
+    loaded = load_model_dir(model_dir, task="vqa")
+    if not loaded.answers:
+        raise UserError(f"{loaded.directory}: answers.json is missing or empty")
+    model, vocab = loaded.model, loaded.vocab
+    height, width = loaded.image_size
+    policy = loaded.resize_policy
+    grid_h, grid_w, _ = model.grid
+    max_words = int(loaded.config.get("max_question_length", MAX_QUESTION_LENGTH))
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(vocab.itos), tf.range(len(vocab), dtype=tf.int32)),
+        default_value=vocab.unk_id)
+    answers = tf.constant(list(loaded.answers))
+
+    def serve(images, questions):
+        tf.debugging.assert_equal(tf.shape(images), tf.shape(questions),
+                                  message="images and questions must have the same length (one image per question)")
+        pixels, status, errors = decode_and_resize_graph(images, (height, width), policy)
+        ids = table.lookup(tokenize_graph(questions)[:, :max_words])  # ragged (batch, None)
+        lengths = ids.row_lengths()
+        dense = ids.to_tensor(default_value=0, shape=tf.stack([tf.size(lengths, out_type=tf.int64),
+                                                               tf.maximum(tf.reduce_max(tf.concat(
+                                                                   [lengths, tf.zeros([1], tf.int64)], 0)), 1)]))
+        first = tf.where(tf.equal(lengths, 0), tf.fill(tf.shape(lengths), vocab.unk_id), dense[:, 0])
+        dense = tf.concat([first[:, None], dense[:, 1:]], 1)  # (batch, T): an empty question is one <unk>
+        logits, alpha = model((tf.cast(pixels, tf.float32), dense), training=False, return_attention=True)
+        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)  # (batch, K)
+        best = tf.argmax(probs, axis=-1, output_type=tf.int32)
+        ok = tf.equal(status, _OK)
+        return {
+            "answers": tf.where(ok, tf.gather(answers, best), tf.constant("")),
+            "scores": tf.where(ok, tf.reduce_max(probs, axis=-1), tf.zeros_like(probs[:, 0])),
+            "attention": tf.reshape(tf.cast(alpha, tf.float32), [-1, grid_h, grid_w])
+            * tf.cast(ok, tf.float32)[:, None, None],
+            "errors": errors,
+        }
+
+    module = tf.Module()
+    module.model_variables = list(model.variables)
+    module.vocab_table = table
+    module.serve = tf.function(serve, input_signature=[tf.TensorSpec([None], tf.string, name="images"),
+                                                       tf.TensorSpec([None], tf.string, name="questions")],
+                               autograph=False)
+    info = {"task": "vqa", "image_size": [height, width], "resize_policy": policy, "grid": [grid_h, grid_w],
+            "max_question_length": max_words, "answers": len(loaded.answers), "mode": model.mode}
+    return save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import keras
 import numpy as np
 
 
@@ -27,7 +28,8 @@ def extract_features(backbone, images: np.ndarray, path: str, verbose: int = 1, 
     for start in tqdm(range(0, len(images), batch_size), desc="extracting features", unit="batch",
                       disable=not verbose):
         batch = images[start: start + batch_size].astype("float32")
-        out[start: start + len(batch)] = np.asarray(backbone(batch, training=False)).astype(dtype)
+        grids = keras.ops.convert_to_numpy(backbone(batch, training=False))  # (batch, pixels, C); any backend
+        out[start: start + len(batch)] = grids.astype(dtype)
     out.flush()
     del out
     os.replace(tmp, path)  # only a finished file gets the real name

@@ -191,7 +191,8 @@ def caption_files(loaded: LoadedCaptioner, sources, beam_width: int = 3, max_len
         images, errors = load_images(chunk, loaded.image_size, loaded.resize_policy)
         words, scores, alphas = loaded.model.generate(images, beam_width=beam_width, max_length=max_length,
                                                       length_penalty=length_penalty)
-        words, scores, alphas = np.asarray(words), np.asarray(scores), np.asarray(alphas)
+        # convert_to_numpy, not np.asarray: on PyTorch the outputs carry autograd history (requires_grad)
+        words, scores, alphas = (ops.convert_to_numpy(x) for x in (words, scores, alphas))
         for i, source in enumerate(chunk):
             name = source if isinstance(source, str) else f"<bytes {start + i}>"
             if errors[i]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from captioner.datasets import load_caption_dataset, split_examples
 from captioner.model import ImageCaptioner, build_captioner, save_model_dir
+from lm.accel import accelerated, jit_option
 from lm.errors import UserError
 from lm.vocab import Vocabulary
 
@@ -29,9 +30,11 @@ class CaptionBatches(keras.utils.PyDataset):
     Pairs are grouped into batches of similar caption length, and the batch order is shuffled every epoch.
     """
 
-    def __init__(self, inputs, image_index, captions, batch_size, shuffle=True, seed=0, fixed_width=None, **kwargs):
+    def __init__(self, inputs, image_index, captions, batch_size, shuffle=True, seed=0, fixed_width=None,
+                 drop_remainder=False, **kwargs):
         super().__init__(**kwargs)
         self.fixed_width = fixed_width
+        self.drop_remainder = drop_remainder  # only full batches (--distribute: equal shards on every device)
         self.inputs, self.image_index, self.captions = inputs, np.asarray(image_index), captions
         self.batch_size, self.shuffle = batch_size, shuffle
         self.rng = np.random.default_rng(seed)
@@ -41,6 +44,10 @@ class CaptionBatches(keras.utils.PyDataset):
         lengths = np.array([len(c) for c in self.captions])
         noise = self.rng.random(len(lengths)) if self.shuffle else np.zeros(len(lengths))
         order = np.lexsort((noise, lengths))  # by length, ties in random order
+        extra = len(order) % self.batch_size if self.drop_remainder and len(order) > self.batch_size else 0
+        if extra:  # leave out `extra` pairs: random ones this epoch, or the last ones when not shuffling
+            order = np.delete(order, self.rng.choice(len(order), extra, replace=False)) if self.shuffle \
+                else order[: len(order) - extra]
         self.batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.shuffle:
             self.rng.shuffle(self.batches)
@@ -96,13 +103,16 @@ def decode_all(examples, image_size, policy, verbose=1) -> np.ndarray:
     return out
 
 
+@accelerated  # mixed_precision and distribute: the models below are built, compiled and fitted under them
 def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weights=None, image_size=None,
                     trainable_blocks=0, epochs=10, batch_size=32, lr=1e-3, embed=256, units=512, attention_dim=256,
                     cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
-                    patience=3) -> dict:
-    """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes)."""
+                    patience=3, mixed_precision=False, jit="auto", distribute=False) -> dict:
+    """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
+    `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
+    all local devices) are lm.accel's."""
     from captioner.backbones import backbone_spec
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
@@ -151,11 +161,14 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
     # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
     fixed = int(math.ceil(max_length / 4) * 4) if keras.backend.backend() == "tensorflow" else None
-    train_batches = CaptionBatches(train_inputs, train_index, train_caps, batch_size, seed=seed, fixed_width=fixed)
-    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, batch_size, shuffle=False, fixed_width=fixed)
+    train_batches = CaptionBatches(train_inputs, train_index, train_caps, batch_size, seed=seed, fixed_width=fixed,
+                                   drop_remainder=distribute)
+    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, batch_size, shuffle=False, fixed_width=fixed,
+                                  drop_remainder=distribute)
                    if val else None)
     trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+                    jit_compile=jit_option(jit))
     extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
     checkpoint = BestCheckpoint(model, vocab, out_dir, extra, patience, time_budget, start, verbose)
     history = trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose,

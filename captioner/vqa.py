@@ -12,8 +12,9 @@ The model (`VQAModel`), after Yang et al., "Stacked Attention Networks for Image
 
 Two additions to the paper, both in the config: every grid cell gets its position (`positions`: its (x, y)
 coordinates appended to its features by default, so a hop can find "the object above the blue square"), and the
-answer classifier has one hidden layer (`classifier_units`; 0 gives the paper's single softmax layer). Baselines behind `mode`: "blind" (the question
-alone, no backbone at all) and "mean" (u = q + mean_p v_I: the image without attention).
+answer classifier has one hidden layer (`classifier_units`; 0 gives the paper's single softmax layer).
+Baselines behind `mode`: "blind" (the question alone, no backbone at all) and "mean" (u = q + mean_p v_I: the image
+without attention). Training feeds several questions per image so the backbone runs once per image (see `call`).
 
 Answers: the top-K normalised answers (captioner.metrics.normalize_answer) of the training split. Targets are the
 soft scores of the VQA literature, min(#annotators who gave the answer / 3, 1) per candidate when a question has 10
@@ -487,6 +488,14 @@ class _BestEpoch(keras.callbacks.Callback):
 # ================================================================================================= training
 
 
+def _save(out_dir, model, export, vocab, extra, answers):
+    """Writes the model folder from an uncompiled twin (a weights file without Adam's moments, a third the size)."""
+    from captioner.model import save_model_dir
+
+    export.set_weights(model.get_weights())
+    save_model_dir(out_dir, "vqa", export, vocab, extra=extra, answers=answers)
+
+
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise UserError(f"{name} must be a whole number >= {minimum}, got {value!r}")
@@ -504,7 +513,8 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
 
     Images are decoded once into memory (uint8). Each epoch ends with VQA accuracy on `val_split`; the best epoch's
     weights are the ones written (without a validation split: the epoch of lowest training loss). The learning
-    rate follows a cosine decay over the planned epochs; gradients are clipped to norm 5.
+    rate warms up linearly over the first tenth of the steps (at most an epoch), then follows a cosine decay to
+    lr / 20 over the planned epochs; gradients are clipped to norm 5.
 
     Args:
         data_path: VQA v2 questions JSON, a VQA JSONL file, or a folder holding them (captioner.datasets).
@@ -535,7 +545,6 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         0.97
     """
     from captioner.datasets import load_vqa_dataset, split_examples
-    from captioner.model import save_model_dir
     from lm.training import TimeBudgetCallback
 
     if mode not in MODES:
@@ -571,6 +580,7 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
                         attention_dim=attention_dim or units, hops=hops, cell_type=cell_type, dropout=dropout,
                         mode=mode, classifier_units=classifier_units)
     model = build_vqa_model(model_config, backbone_weights=weights)
+    export = build_vqa_model(model_config)  # never compiled: its weights file holds no optimizer state
     size = model.image_size
     extra = {"max_question_length": max_length, "resize_policy": spec.policy}
 
@@ -593,13 +603,16 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
     data = _Batches(tr_images, tr_index, tr_questions, targets, len(answers), per_batch, questions_per_image,
                     shuffle=True, seed=seed)
     steps = len(data) * epochs if max_steps is None else min(len(data) * epochs, int(max_steps))
-    schedule = keras.optimizers.schedules.CosineDecay(float(lr), decay_steps=max(1, steps), alpha=0.05)
+    warmup = min(len(data), max(0, steps // 10))  # about one epoch of linear warm-up, then cosine decay
+    schedule = keras.optimizers.schedules.CosineDecay(0.0 if warmup else float(lr), decay_steps=max(1, steps - warmup),
+                                                      alpha=0.05, warmup_target=float(lr) if warmup else None,
+                                                      warmup_steps=warmup)
     model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
 
     os.makedirs(out_dir, exist_ok=True)
     best = _BestEpoch(val_data, answers,
-                      lambda: save_model_dir(out_dir, "vqa", model, vocab, extra=extra, answers=answers),
+                      lambda: _save(out_dir, model, export, vocab, extra, answers),
                       verbose, max(per_batch, 16), questions_per_image)
     callbacks = [best]
     if time_budget:

@@ -47,6 +47,17 @@ def precision(mixed: bool = False):
         keras.config.set_dtype_policy(previous)
 
 
+@contextlib.contextmanager
+def full_precision():
+    """Inside: the global dtype policy is "float32" (final evaluation of a model trained in mixed precision)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def float32_logits(logits):
     """Logits in float32 whatever the compute dtype (softmax and cross-entropy stay in full precision)."""
     return keras.ops.cast(logits, "float32")
@@ -171,6 +182,53 @@ def carried_state_variable(layer, batch_size: int, units: int, name: str):
                                   aggregation="only_first_replica")
     layer._track_variable(variable)
     return variable
+
+
+def _cross_replica_copies(variable, rows=None):
+    """The per-replica tf.Variables of a carried-state variable when a whole global batch of `rows` meets it in
+    TensorFlow's cross-replica context (e.g. a direct model call inside `strategy.scope()`), else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    inner = getattr(variable, "_value", None)
+    if not hasattr(inner, "values"):  # not a distributed variable
+        return None
+    import tensorflow as tf
+    copies = list(inner.values)
+    if not tf.distribute.in_cross_replica_context():
+        return None
+    if rows is not None and rows != sum(int(c.shape[0]) for c in copies):
+        return None  # a per-replica batch (Keras' symbolic build of the train step)
+    return copies
+
+
+def read_state(variable, rows=None):
+    """A carried-state variable's value for a batch of `rows` (None: unknown): the replica's own rows inside a
+    replica, all rows (the copies concatenated in replica order, as MirroredStrategy splits a batch) for a global
+    batch in cross-replica context."""
+    copies = _cross_replica_copies(variable, rows)
+    if copies is None:
+        return variable.value
+    return keras.ops.concatenate([c.read_value() for c in copies], axis=0)
+
+
+def write_state(variable, value):
+    """Stores a carried state computed for the batch at hand (see `read_state`)."""
+    copies = _cross_replica_copies(variable, value.shape[0])
+    if copies is None:
+        variable.assign(value)
+        return
+    for copy, rows in zip(copies, keras.ops.split(value, len(copies), axis=0)):
+        copy.assign(rows)
+
+
+def zero_state(variable):
+    """Zeroes a carried-state variable (every replica's copy)."""
+    copies = _cross_replica_copies(variable)
+    if copies is None:
+        variable.assign(keras.ops.zeros(variable.shape, variable.dtype))  # zeros_like fails on JAX
+        return
+    for copy in copies:
+        copy.assign(keras.ops.zeros(copy.shape, copy.dtype))
 
 
 # ---- all together ----------------------------------------------------------------------------------------------

@@ -41,13 +41,26 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after the epoch during which this many seconds have passed")
+    add_accel_flags(p)
+
+
+def add_accel_flags(p: argparse.ArgumentParser) -> None:
+    """--mixed-precision, --jit/--no-jit, --distribute (lm.accel), shared by `lm train` and `captioner train`."""
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="bfloat16 compute with float32 weights and float32 logits (fast on recent GPUs/TPUs)")
+    p.add_argument("--jit", dest="jit", action="store_true", default="auto",
+                   help="force XLA compilation of the train step (default: Keras decides)")
+    p.add_argument("--no-jit", dest="jit", action="store_false", help="never XLA-compile the train step")
+    p.add_argument("--distribute", action="store_true",
+                   help="data parallel over all local devices: JAX DataParallel or TensorFlow MirroredStrategy; "
+                        "--batch-size is the global batch (a multiple of the device count)")
 
 
 def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
                 tie=a.tie, epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
-                time_budget=a.time_budget)
+                time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,9 +103,12 @@ def generate(loaded: LoadedModel, prompt: list[str] | None = None, max_tokens: i
         elif loaded.arch == "window":
             context = ([vocab.eos_id] * loaded.model.context + history + new)[-loaded.model.context:]
             logits = _numpy(loaded.model(np.asarray([context], dtype="int32")))[0]
-        else:
-            out, states = loaded.model.logits_and_states(pending, states)
+        elif states is None:  # the prompt, all at once
+            out, states = loaded.model.logits_and_states(pending)
             logits = _numpy(out)[0, -1]
+        else:  # one token: a cell step (a whole-sequence call would run, and on JAX compile, a scan per token)
+            out, states = loaded.model.step(pending[:, 0], states)
+            logits = _numpy(out)[0]
         token = sample_next(logits, rng, temperature, top_k, top_p, banned=banned)
         if token == vocab.eos_id:
             break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from lm.accel import carried_state_variable
+from lm.accel import carried_state_variable, read_state, write_state, zero_state
 from lm.recurrent import RecurrentStack
 
 
@@ -96,23 +96,40 @@ class LanguageModel(keras.Model):
         hidden = self.output_dropout(hidden, training=training)  # (batch, time, units)
         return self.logits_from_hidden(hidden), new_states
 
+    def step(self, tokens, states, training=False):
+        """One time step, for decoding: tokens (batch,) int and states per layer ([h, c] for LSTM, as returned by
+        `logits_and_states` or `initial_states`) -> (logits (batch, vocab), new states).
+
+        Runs the recurrent cells directly (no scan over time), so it is cheap to call once per generated token in
+        eager mode on every backend; looping it gives the numbers of `logits_and_states`.
+        """
+        x = self.embedding(tokens)  # (batch, embed)
+        hidden, new_states = self.stack.step(x, states, training=training)  # (batch, units)
+        return self.logits_from_hidden(hidden), new_states  # (batch, vocab)
+
+    def initial_states(self, batch_size):
+        """Zero states for `step` / `logits_and_states`: a list over layers of [h, c] (LSTM) or [h]."""
+        return self.stack.initial_states(batch_size)
+
     def call(self, tokens, training=None):
         if not self.stateful:
             return self.logits_and_states(tokens, training=training)[0]
         # A copy, because the variables are overwritten below (PyTorch's autograd rejects in-place changes).
-        states = [[ops.cast(ops.copy(v.value), self.compute_dtype) for v in layer] for layer in self.carried]
+        rows = tokens.shape[0]
+        states = [[ops.cast(ops.copy(read_state(v, rows)), self.compute_dtype) for v in layer]
+                  for layer in self.carried]
         logits, new_states = self.logits_and_states(tokens, states, training=training)
         for variables, values in zip(self.carried, new_states):
             for variable, value in zip(variables, values):
                 # Truncated BPTT: the next batch starts from these values, but no gradient flows back into them.
-                variable.assign(ops.cast(ops.stop_gradient(value), variable.dtype))
+                write_state(variable, ops.cast(ops.stop_gradient(value), variable.dtype))
         return logits
 
     def reset_states(self):
         """Zeroes the carried states (start of every epoch, and before a new text)."""
         for layer in getattr(self, "carried", []):
             for variable in layer:
-                variable.assign(ops.zeros(variable.shape, variable.dtype))  # zeros_like fails on JAX
+                zero_state(variable)
 
     def get_config(self):
         config = super().get_config()

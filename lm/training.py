@@ -17,6 +17,7 @@ import time
 import keras
 import numpy as np
 
+from lm.accel import accelerated, full_precision, jit_option
 from lm.checkpoint import LoadedModel, RECURRENT_ARCHS, build_model, copy_weights, save_model_dir
 from lm.data import sentence_batches, stream_batches, stream_ids
 from lm.errors import UserError
@@ -66,14 +67,17 @@ class ValidationCallback(keras.callbacks.Callback):
 
 
 
+@accelerated  # mixed_precision and distribute: every model below is built, compiled and fitted under them
 def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: int = 5, layers: int = 1,
                          units: int = 256, embed: int | None = None, dropout: float = 0.0, tie: bool = False,
                          epochs: int = 10, batch_size: int = 32, bptt: int = 35, lr: float = 2e-3,
                          clip: float = 1.0, mode: str = "stream", min_count: int = 1, max_vocab: int | None = None,
                          patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
-                         time_budget: float | None = None) -> dict:
+                         time_budget: float | None = None, mixed_precision: bool = False, jit="auto",
+                         distribute: bool = False) -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
-    with valid/test perplexity, tokens, training time and tokens/s."""
+    with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
+    (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's."""
     if arch not in ("ngram", "window") + RECURRENT_ARCHS:
         raise UserError(f"unknown --arch {arch!r}: choose ngram, window, rnn, gru or lstm")
     if mode not in ("stream", "sentence"):
@@ -121,8 +125,11 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                 model = build_model(arch, model_config)
                 x, y = sentence_batches(splits["train"], vocab, max_len=bptt * 4)
                 fit_kwargs = dict(shuffle=True)
-            eval_model = build_model(arch, model_config)
-        model.compile(optimizer=optimizer, loss=loss)
+            with full_precision():  # validation in float32 whatever the training precision
+                eval_model = build_model(arch, model_config)
+        if distribute and len(x) > batch_size:  # equal shards on every device: no ragged last batch
+            x, y = x[: len(x) - len(x) % batch_size], y[: len(y) - len(y) % batch_size]
+        model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_option(jit))
         validation = ValidationCallback(eval_model, arch, vocab, splits["valid"], out_dir, extra, lr_decay, patience,
                                  verbose)
         callbacks = [validation]
@@ -135,7 +142,8 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                             "try a lower --lr or --clip 1")
         # Reload the best epoch's weights (what the folder holds) for the final figures.
         from lm.checkpoint import load_model_dir
-        loaded = load_model_dir(out_dir)
+        with full_precision():
+            loaded = load_model_dir(out_dir)
     seconds = time.perf_counter() - start
     summary = {"arch": arch, "train_seconds": round(seconds, 1), "train_tokens": train_tokens,
                "vocab_size": len(vocab)}

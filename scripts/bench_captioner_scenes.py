@@ -94,6 +94,7 @@ def train_and_score(args, dataset: str, out_dir: str, attention: bool) -> dict:
     from captioner.model import load_model_dir
     from captioner.training import train_captioner
     quiet = io.StringIO()
+    cpu = time.process_time()
     with contextlib.redirect_stdout(quiet) if args.json else contextlib.nullcontext():
         summary = train_captioner(
             dataset, out_dir, backbone="small_cnn", image_size=args.image_size, epochs=args.epochs,
@@ -101,8 +102,10 @@ def train_and_score(args, dataset: str, out_dir: str, attention: bool) -> dict:
             attention_dim=args.attention_dim, dropout=args.dropout, attention=attention,
             alpha_c=args.alpha_c if attention else 0.0, max_length=args.max_length, seed=args.seed,
             verbose=0 if args.json else 2, time_budget=args.time_budget, patience=args.patience)
+    cpu = time.process_time() - cpu
     loaded = load_model_dir(out_dir, task="caption")
-    result = {"train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
+    result = {"train_seconds": summary["train_seconds"], "train_cpu_seconds": round(cpu, 1),
+              "epochs": summary["epochs"],
               "val_loss": summary["val_loss"], "weights_mb": round(
                   os.path.getsize(os.path.join(out_dir, "model.weights.h5")) / 2**20, 2)}
     for split in ("test", "novel"):
@@ -114,7 +117,7 @@ def train_and_score(args, dataset: str, out_dir: str, attention: bool) -> dict:
 
 
 def format_table(results: dict) -> str:
-    head = f"{'model':14} {'split':6} " + " ".join(f"{label:>7}" for _, label in METRICS) + f" {'epochs':>6} {'train s':>8}"
+    head = f"{'model':14} {'split':6} " + " ".join(f"{label:>7}" for _, label in METRICS) + f" {'epochs':>6} {'train s':>8} {'cpu s':>7}"
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         for split in ("test", "novel"):
@@ -122,7 +125,8 @@ def format_table(results: dict) -> str:
             for key, _ in METRICS:
                 v = r[split].get(key)
                 cells.append(f"{'-':>7}" if v is None else f"{v:7.3f}")
-            lines.append(f"{name:14} {split:6} " + " ".join(cells) + f" {r['epochs']:>6} {r['train_seconds']:>8.0f}")
+            lines.append(f"{name:14} {split:6} " + " ".join(cells) + f" {r['epochs']:>6} {r['train_seconds']:>8.0f}"
+                         f" {r['train_cpu_seconds']:>7.0f}")
     return "\n".join(lines)
 
 

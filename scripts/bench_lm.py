@@ -6,8 +6,9 @@
    their ratio (< 1 means the LSTM is better).
 2. Speed: training throughput (tokens/s) of our `LanguageModel` (stateful, as trained above) beside a plain
    `keras.Sequential([Embedding, LSTM(return_sequences=True), Dense(vocab)])` of the same size, on the same batches,
-   in the same process: each gets a warm-up fit (tracing/compilation), then a timed fit of `--steps` steps; the
-   best of `--repeats` rounds counts.
+   in the same process: each gets a warm-up fit (tracing/compilation), then timed fits of `--steps` steps,
+   interleaved; the best of `--repeats` rounds counts. Process CPU time is reported too: on a shared CPU machine it
+   is the steadier figure (wall time there depends on the neighbours).
 
 Usage:
     .venv/bin/python scripts/bench_lm.py /work/shared/data/kjv --units 128 --epochs 1
@@ -60,6 +61,7 @@ def parse_args(argv=None):
     speed.add_argument("--skip-speed", action="store_true", help="perplexities only")
     p.add_argument("--backend-note", default="", help="free text recorded with the results (machine, GPU...)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--save", default=None, help="also write the JSON object to this file")
     p.add_argument("--verbose", type=int, default=0, help="Keras verbosity while training the recipe (default 0)")
     return p.parse_args(argv)
 
@@ -113,11 +115,13 @@ def plain_lstm(vocab_size, a):
     return keras.Sequential(stack, name="plain_lstm")
 
 
-def _timed_fit(model, x, y, batch_size, steps) -> float:
+def _timed_fit(model, x, y, batch_size, steps) -> tuple[float, float]:
+    """-> (wall seconds, CPU seconds of this process). On a shared CPU machine the wall time depends on what else
+    runs; the CPU time does not, so both are kept."""
     n = steps * batch_size
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(x[:n], y[:n], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def speed(a, splits) -> dict:
@@ -145,7 +149,7 @@ def speed(a, splits) -> dict:
     for model in (ours, plain):
         model.compile(optimizer=keras.optimizers.Adam(a.lr, global_clipnorm=a.clip or None), loss=loss)
         _timed_fit(model, warm_x, warm_y, a.batch_size, max(1, a.warmup))
-    times = {"ours": [], "plain": []}
+    times = {"ours": [], "plain": []}  # (wall, cpu) per round
     for _ in range(max(1, a.repeats)):  # interleaved, so that a busy moment on the machine hits both alike
         ours.reset_states()
         times["ours"].append(_timed_fit(ours, x, y, a.batch_size, a.steps))
@@ -155,12 +159,16 @@ def speed(a, splits) -> dict:
     def params(m):
         return int(sum(np.prod(w.shape) for w in m.trainable_weights))
 
-    result = {"steps": a.steps, "tokens_per_step": a.batch_size * a.bptt, "vocab_size": len(vocab)}
+    result = {"steps": a.steps, "repeats": max(1, a.repeats), "tokens_per_step": a.batch_size * a.bptt,
+              "vocab_size": len(vocab)}
     for name, model in (("ours", ours), ("plain", plain)):
-        best = min(times[name])
-        result[name] = {"tokens_per_second": tokens / best, "seconds": best, "all_seconds": times[name],
+        wall = min(t[0] for t in times[name])
+        cpu = min(t[1] for t in times[name])
+        result[name] = {"tokens_per_second": tokens / wall, "seconds": wall, "tokens_per_cpu_second": tokens / cpu,
+                        "cpu_seconds": cpu, "rounds": [{"wall": w, "cpu": c} for w, c in times[name]],
                         "parameters": params(model)}
     result["ratio"] = result["ours"]["tokens_per_second"] / result["plain"]["tokens_per_second"]
+    result["cpu_ratio"] = result["ours"]["tokens_per_cpu_second"] / result["plain"]["tokens_per_cpu_second"]
     return result
 
 
@@ -203,13 +211,15 @@ def print_tables(a, result) -> None:
         print(f"{'ratio LSTM / KN-5':34} {q['ratio']:11.3f}")
     if "speed" in result:
         s = result["speed"]
-        print(f"\ntraining throughput, {s['steps']} steps of {s['tokens_per_step']} tokens, best of {a.repeats}")
-        print(f"{'model':34} {'tokens/s':>11} {'s/step':>9} {'params':>11}")
+        print(f"\ntraining throughput, {s['steps']} steps of {s['tokens_per_step']} tokens, best of {s['repeats']}")
+        print(f"{'model':34} {'tokens/s':>11} {'s/step':>9} {'tokens/cpu-s':>13} {'params':>11}")
         for name, label in (("ours", "LanguageModel (stateful)"), ("plain", "Sequential Embedding-LSTM-Dense")):
             r = s[name]
             print(f"{label:34} {r['tokens_per_second']:11.0f} {r['seconds'] / s['steps']:9.4f} "
-                  f"{r['parameters']:11d}")
-        print(f"{'ratio ours / plain':34} {s['ratio']:11.3f}")
+                  f"{r['tokens_per_cpu_second']:13.0f} {r['parameters']:11d}")
+        print(f"{'ratio ours / plain':34} {s['ratio']:11.3f} {'':9} {s['cpu_ratio']:13.3f}")
+        print("(tokens/cpu-s: per second of this process's CPU time; steadier than wall time on a shared CPU, "
+              "meaningless on a GPU)")
 
 
 def main(argv=None) -> int:
@@ -229,6 +239,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"bench_lm: error: {e}", file=sys.stderr)
         return 2
+    if a.save:
+        with open(a.save, "w") as f:
+            json.dump(result, f, indent=2)
     if a.json:
         print(json.dumps(result))
     else:

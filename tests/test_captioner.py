@@ -108,6 +108,24 @@ def test_doubly_stochastic_penalty_is_added():
     assert not baseline.losses
 
 
+@pytest.mark.parametrize("attention", [True, False])
+def test_search_agrees_with_teacher_forcing(attention):
+    """Feeding greedy's own words back under teacher forcing gives the same argmax words and the same score: the
+    step path of search and the (fused) whole-sequence path of training compute one model."""
+    model = decoder(attention=attention)
+    words, scores, _ = (np.asarray(x) for x in model.generate(FEATURES, method="greedy", max_length=6,
+                                                              early_exit=False))
+    tokens_in = np.concatenate([np.full((3, 1), 2), words[:, :-1]], axis=1).astype("int32")
+    logits = np.asarray(model((FEATURES, tokens_in)))
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    for row in range(3):
+        ends = np.flatnonzero(words[row] == 3)
+        real = ends[0] + 1 if len(ends) else 6
+        np.testing.assert_array_equal(logits[row, :real].argmax(-1), words[row, :real])
+        picked = log_p[row, np.arange(real), words[row, :real]]
+        np.testing.assert_allclose(picked.mean(), scores[row], rtol=1e-4, atol=1e-5)
+
+
 def test_scheduled_sampling_runs_and_trains():
     model = decoder(scheduled_sampling=1.0)
     forced = np.asarray(model((FEATURES, TOKENS), training=False))

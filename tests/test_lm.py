@@ -19,7 +19,7 @@ from lm.checkpoint import LoadedModel, build_model, copy_weights, load_model_dir
 from lm.data import evaluation_rows, sentence_batches, stream_batches, stream_ids
 from lm.errors import UserError
 from lm.inference import generate, perplexity
-from lm.model import FixedWindowLM, LanguageModel
+from lm.model import LanguageModel
 from lm.sampling import filter_logits_np, sample_next
 from lm.vocab import Vocabulary
 
@@ -132,6 +132,21 @@ def test_stateful_fit_carries_state_in_stream_order():
     _, states = plain.logits_and_states(rows)
     for carried, expected in zip(stateful.carried[0], states[0]):
         np.testing.assert_allclose(np_(carried), np_(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("cell_type,tie", [("lstm", True), ("gru", False)])
+def test_model_step_loop_equals_whole_sequence(cell_type, tie):
+    model = recurrent(cell_type=cell_type, num_layers=2, tie_weights=tie, embed_dim=6 if tie else None,
+                      residual=True)
+    tokens = np.random.default_rng(2).integers(0, len(VOCAB), size=(2, 6)).astype("int32")
+    whole, final = model.logits_and_states(tokens)  # (2, 6, vocab)
+    states, steps = model.initial_states(2), []
+    for t in range(tokens.shape[1]):
+        logits, states = model.step(tokens[:, t], states)  # (2, vocab)
+        steps.append(np_(logits))
+    np.testing.assert_allclose(np.stack(steps, axis=1), np_(whole), atol=1e-5)
+    for a, b in zip(final, states):
+        np.testing.assert_allclose(np_(a[0]), np_(b[0]), atol=1e-5)
 
 
 def test_stream_batches_ordering():
@@ -377,3 +392,17 @@ def test_training_that_diverges_is_an_error_not_a_stale_model(corpus, tmp_path, 
         lm.training.train_language_model(load_corpus(corpus), str(tmp_path / "x"), arch="rnn", units=4, epochs=2,
                                          batch_size=4, bptt=5, verbose=0)
     assert not (tmp_path / "x" / "config.json").exists()
+
+
+def test_cli_raw_text_corpus_and_compare(tmp_path, capsys):
+    """A single prose file is a corpus too (tokenized, split 90/5/5); `compare` prints one row per model."""
+    prose = tmp_path / "story.txt"
+    prose.write_text(" ".join(f"The {' '.join(s)}." for s in sentences(80, seed=9)), encoding="utf-8")
+    rc, stdout, _ = run_main(["train", prose, "--out", tmp_path / "kn", "--arch", "ngram", "--order", "3", "--json"],
+                             capsys)
+    assert rc == 0 and json.loads(stdout)["test_tokens"] > 0
+    rc, stdout, _ = run_main(["perplexity", prose, "--raw", "--model", tmp_path / "kn", "--json"], capsys)
+    assert rc == 0 and json.loads(stdout)["tokens"] == sum(len(s) + 2 for s in sentences(80, seed=9))
+    rc, stdout, _ = run_main(["compare", prose, "--archs", "ngram", "--out", tmp_path / "cmp", "--json"], capsys)
+    (row,) = json.loads(stdout)
+    assert rc == 0 and row["model"] == "KN-5" and row["test_perplexity"] > 1

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Reproduces the bundled captioner, captioner/assets/scenes-captioner (what `captioner caption` and `captioner demo`
+# use without --model): generates synthetic scenes with a fixed training seed into a temporary folder, trains the
+# soft-attention captioner with the recipe of scripts/bench_captioner_scenes.py (its defaults: 64x64 scenes,
+# small_cnn end-to-end, LSTM 256, embed 128, alpha_c 0.1, lr 2e-3, batch 64), scores it on the held-out test and
+# novel splits, and copies the model folder into the package. CPU only is fine.
+# Extra arguments go to bench_captioner_scenes.py, e.g. scripts/train_bundled_captioner.sh --epochs 12
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+SEED="${SEED:-7}"  # scenes and training; the demo uses seed 20261122, never seen in training
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/bundled-captioner.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+DEST=captioner/assets/scenes-captioner
+
+echo "== training the bundled captioner in $WORK (seed $SEED)"
+"$PY" scripts/bench_captioner_scenes.py --only attention --seed "$SEED" --data "$WORK/scenes" --out "$WORK/models" \
+  --json "$@" > "$WORK/result.json"
+
+rm -rf "$DEST.tmp"
+mkdir -p "$DEST.tmp"
+cp "$WORK"/models/attention/{config.json,vocab.json,model.weights.h5} "$DEST.tmp/"
+"$PY" - "$DEST.tmp" "$SEED" <<'PY'
+import json, os, sys
+path = os.path.join(sys.argv[1], "config.json")
+with open(path) as f:
+    config = json.load(f)
+config["data"] = f"synthetic scenes (scripts/train_bundled_captioner.sh, seed {sys.argv[2]})"  # not a temp path
+with open(path, "w") as f:
+    json.dump(config, f, indent=2)
+PY
+rm -rf "$DEST"
+mv "$DEST.tmp" "$DEST"
+"$PY" - "$DEST" "$WORK/result.json" <<'PY'
+import json, os, sys
+from captioner.model import load_model_dir
+loaded = load_model_dir(sys.argv[1], task="caption")
+with open(sys.argv[2]) as f:
+    result = json.load(f)
+r = result["results"]["attention"]
+size = os.path.getsize(os.path.join(sys.argv[1], "model.weights.h5")) / 2**20
+print(f"bundled captioner in {sys.argv[1]}: {loaded.model.count_params()} parameters, {size:.1f} MB of weights, "
+      f"{len(loaded.vocab)} words; {r['epochs']} epochs, {r['train_seconds']:.0f} s")
+for split in ("test", "novel"):
+    s = r[split]
+    print(f"held-out {split:5} ({s['images']} scenes): exact match {s['exact_match']:.3f}  CIDEr {s['CIDEr']:.3f}  "
+          f"BLEU-4 {s['Bleu_4']:.3f}")
+PY
+du -sh "$DEST"
