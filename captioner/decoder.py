@@ -17,6 +17,7 @@ follow; the whole sequence then runs on the fused Keras layer.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from captioner.attention import SoftAttention, doubly_stochastic_penalty
@@ -197,6 +198,9 @@ class CaptionDecoder(keras.Model):
     # ---- search ----------------------------------------------------------------------------------------------
     def _step_fn(self):
         n = state_count(self.cell_type)
+        banned = np.zeros((self.vocab_size,), "float32")
+        banned[[0, 2]] = -1e9
+        banned = ops.convert_to_tensor(banned)
 
         def step(tokens, flat_states, static):
             states = [list(flat_states[:n])]
@@ -208,7 +212,10 @@ class CaptionDecoder(keras.Model):
                 output, states = self.stack.step(word, states)
                 deep = word + self.out_hidden(output)
                 alpha = ops.zeros((ops.shape(tokens)[0], static[0].shape[1]))
-            log_probs = ops.log_softmax(ops.cast(self.head(deep), "float32"), axis=-1)  # (rows, vocab)
+            logits = ops.cast(self.head(deep), "float32")  # (rows, vocab)
+            # <pad> (0) and <bos> (2) are never words of a caption: search must not pick them.
+            logits = logits + banned
+            log_probs = ops.log_softmax(logits, axis=-1)  # (rows, vocab)
             return log_probs, list(states[0]), alpha
         return step
 

@@ -5,18 +5,24 @@ the resize policy, the backbone's normalisation (it lives in the Keras model), b
 The exported graph reproduces `captioner.images.load_images` pixel for pixel (see "Pixel parity" below), so a
 SavedModel's captions are the captions `captioner caption` prints for the same files and beam width.
 
-Signature `serving_default` of a captioner export:
+Signature `serving_default` of a captioner export (`export_captioner`):
     inputs:  images     tf.string [batch]   file bytes (JPEG, PNG, GIF or BMP)
     outputs: captions   tf.string [batch]   words joined by spaces, "" for an image that could not be read
-             scores     float32  [batch]    mean log-probability per token (length penalty 1), -inf for a bad image
-             attention  float32  [batch, T, H, W]  per-step attention over the feature grid (T = max_length);
-                                            rows lengths[i] + 1 and later are zero (the `<eos>` step is included)
+             scores     float32  [batch]    the beam's length-normalised log-probability (caption_files' "score"),
+                                            -inf for a bad image
+             attention  float32  [batch, T, H, W]  attention over the feature grid, T = max_length, as
+                                            caption_files' "attention": row t for word t, row lengths[i] for the
+                                            `<eos>` step (when the caption ended before max_length), zeros after
              lengths    int32    [batch]    number of words in each caption
-             errors     tf.string [batch]   "" or a one-line reason ("image 2: corrupt or truncated JPEG data...")
+             errors     tf.string [batch]   "" or one line: "image 2: corrupt or truncated JPEG data (...)"
+A VQA export (`export_vqa`) takes `images` and `questions` and returns `answers`, `scores`, `attention`, `errors`.
+Copies of the model folder's config.json and vocab.json (answers.json) and an export.json describing the export
+are in the SavedModel's assets.extra/.
 
-A bad image never fails the request and never stops the server: its row gets caption "", score -inf and an
-`errors` message, the other rows are captioned as usual (decoding runs in a tf.data pipeline with
-`ignore_errors()`, so even a decoder error inside libjpeg/libpng only drops that one image).
+Bad input, by design: a bad image never fails the request and never stops the server. Its row gets caption "",
+score -inf and an `errors` message; the other rows are captioned as usual. (Decoding runs in a tf.data pipeline
+with `ignore_errors()`, so even an error raised inside libjpeg/libpng only drops that one image; the message then
+names the format it looked like.) An empty batch returns empty outputs.
 
 Pixel parity with `captioner.images` (Pillow):
   * JPEG: decoded with the same IDCT (`dct_method="INTEGER_ACCURATE"`, i.e. libjpeg's ISLOW, which Pillow uses) and
@@ -28,9 +34,12 @@ Pixel parity with `captioner.images` (Pillow):
   * Resize: Pillow's bicubic resampling re-implemented exactly (same coefficients, the same 22-bit fixed-point
     rounding, the same clipping after each pass, the same order of the two passes), for the three policies
     "stretch", "center_crop" (`ImageOps.fit`) and "pad" (`ImageOps.contain` + paste on black).
-  Known differences (Python captions them, the graph reports an error or differs): TIFF/WebP and other formats,
-  BMP with 1/4/16 bits or RLE compression, CMYK JPEG colours, transparent GIF pixels (black here, white in Python),
-  an EXIF orientation stored in a PNG eXIf chunk or only in XMP.
+  Verified bit-exact against load_images for all of the above (tests/test_export.py). Known differences (Python
+  reads them, the graph refuses them or differs): TIFF, WebP and other formats; BMP with 1/4/16 bits or RLE;
+  CMYK JPEG colours; transparent GIF pixels (black here, white in Python); an EXIF orientation stored in a PNG
+  eXIf chunk or only in XMP; a file missing its last few bytes (PNG IEND, GIF trailer, BMP row padding), which
+  Pillow tolerates and TensorFlow's decoders do not. The pass order of Pillow's resize changed between Pillow
+  versions; the graph follows Pillow 13 (see pillow_resize_graph).
 
 Example:
     >>> from captioner.export import export_captioner
@@ -77,13 +86,13 @@ def _messages(max_pixels: int) -> list[str]:
 
 def _byte_reader(tf, data):
     """data: scalar tf.string -> (u8, u16, u32) readers at int64 offsets; reads past the end give 0, never fail."""
-    raw = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64)  # (n,)
-    raw = tf.concat([raw, tf.zeros([8], tf.int64)], 0)  # never empty
+    raw = tf.concat([tf.io.decode_raw(data, tf.uint8), tf.zeros([8], tf.uint8)], 0)  # (n + 8,), never empty
     last = tf.cast(tf.size(raw), tf.int64) - 1
 
     def u8(i):
         i = tf.cast(i, tf.int64)
-        return tf.where((i >= 0) & (i <= last), tf.gather(raw, tf.clip_by_value(i, 0, last)), tf.zeros_like(i))
+        value = tf.cast(tf.gather(raw, tf.clip_by_value(i, 0, last)), tf.int64)
+        return tf.where((i >= 0) & (i <= last), value, tf.zeros_like(i))
 
     def u16(i, little):
         a, b = u8(i), u8(i + 1)
@@ -495,13 +504,20 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
         words = tf.reshape(words, [-1, steps])[:n]  # (n, T)
         scores = tf.reshape(scores, [-1])[:n]  # (n,)
         alphas = tf.reshape(alphas, [-1, steps, grid_h, grid_w])[:n]  # (n, T, h', w')
-        captions, lengths, valid = ids_to_text_graph(words, tokens)
+        captions, lengths, _ = ids_to_text_graph(words, tokens)
         ok = tf.equal(status, _OK)
-        mask = tf.sequence_mask(valid, steps, dtype=tf.float32) * tf.cast(ok, tf.float32)[:, None]  # (n, T)
+        # As caption_files: one row per word shown, then the <eos> step if the caption ended before max_length
+        # (rows of <pad>/<bos> ids, which the text drops, are dropped too); zeros after that.
+        t = tf.range(steps)[None, :]  # (1, T)
+        end = tf.reduce_sum(tf.cast(tf.equal(tf.cumsum(tf.cast(tf.equal(words, 3), tf.int32), axis=1), 0),
+                                    tf.int32), axis=1)[:, None]  # (n, 1): position of the first <eos> (T if none)
+        kept = ((t < end) & tf.not_equal(words, 0) & tf.not_equal(words, 2)) | tf.equal(t, end)  # (n, T)
+        kept = kept & ok[:, None]
+        alphas = tf.ragged.boolean_mask(alphas, kept).to_tensor(shape=[None, steps, grid_h, grid_w])
         return {
             "captions": tf.where(ok, captions, tf.constant("")),
             "scores": tf.where(ok, scores, tf.fill(tf.shape(scores), float("-inf"))),
-            "attention": alphas * mask[:, :, None, None],
+            "attention": alphas,
             "lengths": tf.where(ok, lengths, tf.zeros_like(lengths)),
             "errors": errors,
         }

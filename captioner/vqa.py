@@ -236,7 +236,7 @@ class VQAModel(keras.Model):
 
 
 def build_vqa_model(config: dict, backbone_weights=None) -> VQAModel:
-    """Constructs a VQAModel from its config and builds every weight (one forward pass on zeros).
+    """Constructs a VQAModel from its config and builds every weight (`build` on symbolic shapes, no data).
 
     Args:
         config: constructor kwargs, e.g. `get_config()` or config.json's "model".

@@ -2,8 +2,10 @@
 
   * `precision(mixed)`: with `mixed=True`, layers built inside compute in bfloat16 and keep float32 weights
     (Keras policy "mixed_bfloat16"); the models cast their logits to float32 before softmax and loss.
+  * `full_precision()`: float32 inside (validation and final figures of a model trained in mixed precision).
   * `jit_option("auto" | True | False)`: the `jit_compile` argument of `compile` ("auto" lets Keras decide:
-    XLA on JAX, XLA on TensorFlow where the model compiles, never on PyTorch).
+    XLA on JAX, on TensorFlow only with a GPU (never on a CPU-only machine), never on PyTorch; True on PyTorch
+    means torch.compile).
   * `distribution(enabled)`: data parallelism over every local accelerator (or every virtual CPU device).
     JAX: `keras.distribution.DataParallel` (weights replicated, each batch split along its first axis);
     TensorFlow: `tf.distribute.MirroredStrategy`, inside whose scope the model is built and compiled.
@@ -13,7 +15,8 @@
 Stateful language models keep their carried state (lm.model) in variables of a fixed batch size, created by
 `carried_state_variable`: under JAX data parallelism those variables are sharded along the batch axis like the
 data, so every device keeps the rows of its own slice of the batch; under MirroredStrategy each replica keeps its
-own (batch / replicas, units) copy (a sync-on-read variable). The global batch size must be a multiple of the
+own (batch / replicas, units) copy (a sync-on-read variable; `read_state` / `write_state` / `zero_state` also
+serve a whole global batch from cross-replica context, e.g. the build call). The global batch size must be a multiple of the
 device count (the data are split evenly); ragged last batches are dropped by the callers.
 
 Nothing here imports TensorFlow at module level (a GPU host may have JAX and PyTorch only).
@@ -56,11 +59,6 @@ def full_precision():
         yield
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-def float32_logits(logits):
-    """Logits in float32 whatever the compute dtype (softmax and cross-entropy stay in full precision)."""
-    return keras.ops.cast(logits, "float32")
 
 
 # ---- XLA -------------------------------------------------------------------------------------------------------
@@ -150,11 +148,7 @@ def replicas() -> int:
     dist = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
     if dist is not None:
         return int(dist.device_mesh.devices.size)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-        if tf.distribute.has_strategy():
-            return int(tf.distribute.get_strategy().num_replicas_in_sync)
-    return 1
+    return _tf_replicas()
 
 
 def _tf_replicas() -> int:

@@ -60,7 +60,9 @@ def run_with_tensorflow_backend(module: str, function: str, kwargs: dict) -> boo
     import keras
     if keras.backend.backend() == "tensorflow":
         return False
-    import_tensorflow()  # a clear message when TF is missing, before starting a subprocess
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:  # a clear message before starting a subprocess
+        import_tensorflow()
     code = f"import json, sys; from {module} import {function}; {function}(**json.loads(sys.argv[1]))"
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=env, capture_output=True,

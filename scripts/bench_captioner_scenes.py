@@ -54,8 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--embed", type=int, default=128, help="word embedding size (default 128)")
     p.add_argument("--attention-dim", type=int, default=128)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--alpha-c", type=float, default=0.1,
-                   help="doubly stochastic weight for the attention model (64 cells vs ~11 words: keep it small)")
+    p.add_argument("--alpha-c", type=float, default=0.0,
+                   help="doubly stochastic weight for the attention model (default 0: with 64 grid cells and ~11 "
+                        "words its floor is 64 (1 - 11/64)^2 = 44, and 0.1 already cost 0.13 BLEU-4 at 6 epochs)")
     p.add_argument("--max-length", type=int, default=16, help="longest caption in words + <eos> (scenes: <= 14)")
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--beam", type=int, default=3, help="beam width for evaluation (default 3)")

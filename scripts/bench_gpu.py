@@ -151,7 +151,8 @@ def run_keras(args, shape_set):
                         model.fused_loop = False
                     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
-                                  jit_compile=accel.jit_option(args.jit))
+                                  jit_compile=accel.jit_option(args.jit),
+                                  steps_per_execution=args.steps_per_execution)
                     start = time.perf_counter()
                     model.fit(Batches(pool, args.warmup), epochs=1, verbose=0, shuffle=False)
                     sync(model)
@@ -413,6 +414,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", choices=["float32", "mixed", "both"], default="float32",
                         help="float32 vs torch float32, mixed: bf16 (Keras mixed_bfloat16 vs torch.autocast)")
     parser.add_argument("--jit", default="auto", help="jit_compile for ours: auto, true, false (default auto)")
+    parser.add_argument("--steps-per-execution", type=int, default=1,
+                        help="ours: train steps per compiled call (Keras compile argument; default 1)")
     parser.add_argument("--ref-variant", choices=["tutorial", "hoisted"], default="tutorial",
                         help="decoder reference: encoder projection every step (tutorial) or once (hoisted)")
     parser.add_argument("--no-fused", action="store_true", help="ours: the plain per-step decoder loop (A/B)")

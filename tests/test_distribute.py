@@ -116,9 +116,13 @@ def decoder_losses(initial=None, distribute=False):
         weights = decoder.get_weights()
         decoder.compile(optimizer=keras.optimizers.Adam(1e-2),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+        # Arrays, not the CaptionBatches PyDataset: under MirroredStrategy Keras draws from a PyDataset before the
+        # first step (its symbolic build), so the first epoch does not start at batch 0 and losses cannot be paired.
         batches = CaptionBatches(features, np.arange(12), captions, BATCH, shuffle=False, fixed_width=8,
                                  drop_remainder=distribute)
-        history = decoder.fit(batches, epochs=3, verbose=0)
+        (grids, tokens_in), tokens_out = [np.concatenate(a) for a in zip(*[batches[i][0] for i in range(3)])], \
+            np.concatenate([batches[i][1] for i in range(3)])
+        history = decoder.fit((grids, tokens_in), tokens_out, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
     return weights, history.history["loss"]
 
 initial, out["decoder_single_losses"] = decoder_losses()

@@ -209,12 +209,13 @@ def test_no_attention_decoder_returns_zero_attention():
     assert alphas.shape == (3, 5, 9) and not alphas.any()
 
 
-def test_all_checks_on_jax():
-    """The same checks under KERAS_BACKEND=jax, in a child process (the backend is chosen at import)."""
+def test_search_checks_on_jax():
+    """Width 1 = greedy and the length normalisation under KERAS_BACKEND=jax, in a child process (the backend is
+    chosen at import). Eager JAX dispatches op by op, so the child runs the quick variants only."""
     pytest.importorskip("jax")
     code = ("import sys; sys.path.insert(0, 'tests'); import keras; assert keras.backend.backend() == 'jax'; "
             "import test_search as t; t.check_beam_width_one_is_greedy(quick=True); t.check_length_normalisation(); "
-            "t.check_never_ending_search_gives_max_length_words(); print('OK')")
+            "print('OK')")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
