@@ -7,6 +7,7 @@ Omitting `--model` means the bundled captioner trained on synthetic scenes (scri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -113,12 +114,32 @@ def save_model_dir(directory, task: str, model, vocab: Vocabulary, extra: dict |
                 json.dump(value, f, indent=2)
         return writer
 
-    # Keras insists on the ".weights.h5" suffix, so the temporary name keeps it.
-    write("model.weights.h5", lambda p: (model.save_weights(p + ".weights.h5"), os.replace(p + ".weights.h5", p)))
+    def write_weights(path):
+        # Keras insists on the ".weights.h5" suffix, so the temporary name keeps it.
+        with _without_optimizers(model):
+            model.save_weights(path + ".weights.h5")
+        os.replace(path + ".weights.h5", path)
+
+    write("model.weights.h5", write_weights)
     write("vocab.json", vocab.save)
     if answers is not None:
         write("answers.json", write_json(answers))
     write("config.json", write_json(payload))
+
+
+@contextlib.contextmanager
+def _without_optimizers(model):
+    """Hides the optimizer of the model and of its sub-models (the decoder trains alone on cached features) while
+    the weights are saved: a model folder is for inference, and Adam's two moments would triple its size."""
+    owners = [m for m in [model, *getattr(model, "layers", [])] if getattr(m, "optimizer", None) is not None]
+    saved = [m.optimizer for m in owners]
+    try:
+        for m in owners:
+            m.optimizer = None
+        yield
+    finally:
+        for m, optimizer in zip(owners, saved):
+            m.optimizer = optimizer
 
 
 class LoadedCaptioner:

@@ -46,6 +46,8 @@ def main(argv=None) -> int:
                         choices=["attention", "blind", "mean"])
     parser.add_argument("--out", default="runs/bench_vqa_scenes", help="working folder (scenes and models)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a mode's results from OUT/MODE/bench.json when it was trained with the same recipe")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -62,9 +64,20 @@ def main(argv=None) -> int:
             if args.verbose:
                 print(f"generated {summary['images']} scenes, {summary['questions']} questions "
                       f"({summary['splits']}) in {summary['seconds']:.0f}s", file=sys.stderr)
+        recipe = {k: getattr(args, k) for k in ("images", "seed", "image_size", "epochs", "units", "embed", "hops",
+                                                 "batch_size", "lr", "time_budget")}
         results = {}
         for mode in args.modes:
             folder = os.path.join(args.out, mode)
+            saved = os.path.join(folder, "bench.json")
+            if args.reuse and os.path.isfile(saved):
+                with open(saved) as f:
+                    previous = json.load(f)
+                if previous.get("recipe") == recipe:
+                    results[mode] = previous["result"]
+                    if args.verbose:
+                        print(f"== {mode}: reusing {saved}", file=sys.stderr)
+                    continue
             if args.verbose:
                 print(f"== training {mode}", file=sys.stderr)
             summary = train_vqa(data, folder, image_size=args.image_size, epochs=args.epochs,
@@ -73,11 +86,13 @@ def main(argv=None) -> int:
                                 time_budget=args.time_budget)
             loaded = load_model_dir(folder, task="vqa")
             test = evaluate_vqa(loaded, data, split="test")
-            novel = evaluate_vqa(loaded, data, split="novel", batch_size=64)
+            novel = evaluate_vqa(loaded, data, split="novel")
             results[mode] = {"test": test, "novel": novel, "train_seconds": summary["train_seconds"],
                              "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
                              "val_accuracy": summary["val_accuracy"], "parameters": summary["parameters"],
                              "questions_per_second": summary["questions_per_second"]}
+            with open(saved, "w") as f:
+                json.dump({"recipe": recipe, "result": results[mode]}, f, indent=1)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,9 @@
 # soft-attention captioner with the recipe of scripts/bench_captioner_scenes.py (its defaults: 64x64 scenes,
 # small_cnn end-to-end, LSTM 256, embed 128, lr 2e-3, batch 64, no doubly stochastic term) for 12 epochs, scores it
 # on the held-out test and novel splits, and copies the model folder into the package. CPU only is fine.
-# Extra arguments go to bench_captioner_scenes.py, e.g. scripts/train_bundled_captioner.sh --epochs 12
+# Extra arguments go to bench_captioner_scenes.py, e.g. scripts/train_bundled_captioner.sh --epochs 16 --images 6000
+# (later flags win). Figures of the bundled model (seed 7, 4000 scenes, 12 epochs): held-out test exact match 0.689,
+# CIDEr 6.40, BLEU-4 0.865; novel split exact match 0.422, CIDEr 5.55. Weights 3.9 MB (no optimizer state).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -110,14 +110,17 @@ def test_doubly_stochastic_penalty_is_added():
 
 @pytest.mark.parametrize("attention", [True, False])
 def test_search_agrees_with_teacher_forcing(attention):
-    """Feeding greedy's own words back under teacher forcing gives the same argmax words and the same score: the
-    step path of search and the (fused) whole-sequence path of training compute one model."""
+    """Feeding greedy's own words back under teacher forcing gives the same argmax words and the same score (with
+    <pad> and <bos> banned, as search bans them): the step path of search and the (fused) whole-sequence path of
+    training compute one model."""
     model = decoder(attention=attention)
     words, scores, _ = (np.asarray(x) for x in model.generate(FEATURES, method="greedy", max_length=6,
                                                               early_exit=False))
     tokens_in = np.concatenate([np.full((3, 1), 2), words[:, :-1]], axis=1).astype("int32")
-    logits = np.asarray(model((FEATURES, tokens_in)))
+    logits = np.array(model((FEATURES, tokens_in)))
+    logits[..., [0, 2]] = -1e9  # search never picks <pad> or <bos>
     log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert not np.isin(words, [0, 2]).any()
     for row in range(3):
         ends = np.flatnonzero(words[row] == 3)
         real = ends[0] + 1 if len(ends) else 6
@@ -197,6 +200,11 @@ def test_train_flickr8k_token_file(flickr_model):
     assert loaded.config["max_length"] == 12 and loaded.config["model"]["decoder"]["units"] == 16
     assert "woman" in loaded.vocab and "cat" in loaded.vocab
     assert {"config.json", "vocab.json", "model.weights.h5"} <= set(os.listdir(flickr_model))
+    import h5py
+    with h5py.File(flickr_model / "model.weights.h5") as f:  # inference weights only: no Adam moments
+        names = []
+        f.visit(names.append)
+    assert names and not any("optimizer" in n for n in names)
 
 
 def test_train_karpathy_json_with_cached_features(tmp_path, capsys):

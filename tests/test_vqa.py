@@ -50,11 +50,22 @@ def test_modes_give_logits_and_attention(mode, cell_type):
         np.testing.assert_allclose(np.asarray(other), np.asarray(logits), atol=1e-6)
 
 
+@pytest.mark.parametrize("options", [{"positions": "learned", "offsets": False}, {"positions": "none", "hops": 3},
+                                     {"classifier_units": 0}])
+def test_attention_variants(options):
+    model = build_vqa_model({**TINY, **options})
+    logits, alpha = model(_inputs(), return_attention=True)
+    assert tuple(logits.shape) == (3, 6) and tuple(alpha.shape) == (3, 16)
+    assert {k: model.get_config()[k] for k in options} == options
+
+
 def test_bad_config_is_a_user_error():
     with pytest.raises(UserError):
         VQAModel(**{**TINY, "mode": "telepathy"})
     with pytest.raises(UserError):
         VQAModel(**{**TINY, "hops": 0})
+    with pytest.raises(UserError):
+        VQAModel(**{**TINY, "positions": "everywhere"})
 
 
 def test_config_round_trip_and_weights(tmp_path):
