@@ -43,8 +43,15 @@ def test_fused_decoder_loop_matches_the_per_step_path():
     for t in range(tokens.shape[1]):
         lp, states, _ = step(ops.convert_to_tensor(tokens[:, t]), states, static)
         log_probs.append(_np(lp))
-    expected = _np(ops.log_softmax(fused[0], axis=-1))
-    np.testing.assert_allclose(np.stack(log_probs, 1), expected, atol=1e-5)
+    # Search never picks <pad> (0) or <bos> (2): they are masked out before the softmax.
+    allowed = np.array([i not in (0, 2) for i in range(30)])
+    logits = _np(fused[0])
+    logits[..., ~allowed] = -np.inf
+    expected = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    got = np.stack(log_probs, 1)
+    np.testing.assert_allclose(got[..., allowed], expected[..., allowed], atol=1e-5)
+    assert (got[..., ~allowed] < -1e8).all()
 
 
 def test_fused_loop_is_not_used_where_it_does_not_apply():

@@ -407,6 +407,7 @@ print("RESULT " + json.dumps({"backend": keras.backend.backend(), "summary": sum
 """
 
 
+@pytest.mark.slow
 def test_train_and_caption_on_jax_and_torch(tmp_path):
     """`captioner train` (one step: 10 pairs, batch 16) and `caption` under KERAS_BACKEND=jax and =torch, side by
     side in child processes."""

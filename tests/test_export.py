@@ -291,7 +291,8 @@ def exported(tmp_path_factory):
     keras.utils.set_random_seed(3)
     question_vocab = Vocabulary(QUESTION_WORDS)
     vqa = build_vqa_model({"num_answers": len(ANSWERS), "vocab_size": len(question_vocab), "image_size": [32, 32],
-                           "embed_dim": 8, "units": 16, "attention_dim": 8, "dropout": 0.0})
+                           "embed_dim": 8, "units": 16, "attention_dim": 8, "dropout": 0.0,
+                           "classifier_units": 0})
     _scaled(vqa, [vqa.classifier, vqa.question_proj, vqa.image_proj], 6.0)
     save_model_dir(root / "vqa_model", "vqa", vqa, question_vocab,
                    {"max_question_length": 6, "resize_policy": "stretch"}, answers=ANSWERS)
