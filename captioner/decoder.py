@@ -174,6 +174,7 @@ class CaptionDecoder(keras.Model):
         embed, att, channels = self.embed_dim, self.attention_dim, self.feature_dim
         kernel = cell.kernel  # (embed + C, 4 units): rows for [word; context]
         words = ops.matmul(embedded, kernel[:embed]) + cell.bias  # (batch, T, 4 units)
+        words = ops.unstack(words, axis=1)  # T x (batch, 4 units): one split, whose gradient is one concatenation
         context_kernel = kernel[embed:]  # (C, 4 units)
         fused = ops.concatenate([self.attention.hidden_proj.kernel, self.gate.kernel, cell.recurrent_kernel],
                                 axis=1)  # (units, A + C + 4 units)
@@ -184,7 +185,7 @@ class CaptionDecoder(keras.Model):
             query, gate, recurrent = projected[:, :att], projected[:, att: att + channels], projected[:, att + channels:]
             context, alpha = self.attention.attend(features, keys, query)  # (batch, C), (batch, pixels)
             context = context * self.gate.activation(gate + self.gate.bias)
-            z = words[:, t] + ops.matmul(context, context_kernel) + recurrent  # (batch, 4 units), gates i f c o
+            z = words[t] + ops.matmul(context, context_kernel) + recurrent  # (batch, 4 units), gates i f c o
             z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
             c = cell.recurrent_activation(z_f) * c + cell.recurrent_activation(z_i) * cell.activation(z_c)
             h = cell.recurrent_activation(z_o) * cell.activation(c)

@@ -14,7 +14,8 @@ Three additions to the paper, each a config switch: every grid cell knows its po
 appended to its features), hops after the first also see each cell relative to the previous glimpse (`offsets`:
 r_k = [xy_p - sum_p' p_{k-1} xy_p'; P p_{k-1}], so "the object above the blue square" takes one hop: look at the
 square, then above it), and the answer classifier has one hidden layer (`classifier_units`; 0 gives the paper's
-single softmax layer). On the synthetic scenes the offsets lift relation questions from about 80% to about 88%.
+single softmax layer). On the synthetic scenes (6000 images, 24 epochs) the offsets lift relation questions from
+80% to 87% (offset alone) and 94% (offset and "seen"), and overall test accuracy from 91.5% to 95.0% and 98.0%.
 Baselines behind `mode`: "blind" (the question alone, no backbone at all) and "mean" (u = q + mean_p v_I: the image
 without attention). Training feeds several questions per image so the backbone runs once per image (see `call`).
 
@@ -525,9 +526,9 @@ def _check_int(name, value, minimum):
 
 
 def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: str = "small_cnn", weights=None,
-              image_size=None, trainable_blocks: int = 0, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
-              embed: int = 128, units: int = 256, attention_dim: int | None = None, hops: int = 2,
-              cell_type: str = "lstm", dropout: float = 0.2, mode: str = "attention", top_answers: int = 1000,
+              image_size=None, trainable_blocks: int = 0, epochs: int = 20, batch_size: int = 128, lr: float = 2e-3,
+              embed: int = 64, units: int = 128, attention_dim: int | None = None, hops: int = 2,
+              cell_type: str = "lstm", dropout: float = 0.1, mode: str = "attention", top_answers: int = 1000,
               train_split: str = "train", val_split: str = "val", seed: int = 0, verbose: int = 1,
               time_budget: float | None = None, max_steps: int | None = None,
               classifier_units: int | None = None, questions_per_image: int | None = None,
@@ -544,7 +545,8 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         out_dir: model folder to write.
         image_root, annotations: see captioner.datasets.load_vqa_dataset.
         backbone, weights, image_size, trainable_blocks: the image encoder (captioner.backbones.build_backbone).
-        epochs, batch_size, lr: optimisation (Adam); batch_size counts questions.
+        epochs, batch_size, lr: optimisation (Adam); batch_size counts questions. The defaults are the scenes
+            recipe (scripts/bench_vqa_scenes.py); for VQA v2 a larger model (units 512, embed 300) suits better.
         questions_per_image: a batch is batch_size // questions_per_image images with up to this many questions
             each, so the backbone runs once per image (an epoch still sees every question once); default: the
             median number of questions per training image, at most 8.

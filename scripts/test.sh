@@ -6,8 +6,14 @@ source "$(dirname "$0")/_venv.sh" test
 # PyTorch is optional (one backend smoke test uses it). Take a local wheel if this machine has one; never download
 # several GB of CUDA packages just for a smoke test.
 if ! "$VPY" -c "import torch" 2>/dev/null; then
-  "$VPY" -m pip install -q --disable-pip-version-check --no-index torch 2>/dev/null \
-    && echo "== installed PyTorch from a local wheel" \
-    || echo "== PyTorch not available offline: the torch-backend smoke tests will be skipped"
+  local_wheel=""
+  for dir in $("$VPY" -m pip config get global.find-links 2>/dev/null); do
+    local_wheel=$(ls "$dir"/torch-*-cp3*.whl 2>/dev/null | head -n 1) && [ -n "$local_wheel" ] && break
+  done
+  if [ -n "$local_wheel" ] && "$VPY" -m pip install -q --disable-pip-version-check "$local_wheel" 2>/dev/null; then
+    echo "== installed PyTorch from the local wheel $local_wheel"
+  else
+    echo "== no local PyTorch wheel: the torch-backend smoke tests will be skipped"
+  fi
 fi
 exec "$VPY" -m pytest -q -p no:cacheprovider "$@"

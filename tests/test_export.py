@@ -396,7 +396,9 @@ def test_vqa_savedmodel_equals_answer_questions(exported):
     python = exported["python"]["answers"]
     served = exported["served"]["results"][5]
     assert served["answers"] == [r["answer"] for r in python]
-    assert len(set(served["answers"])) >= 2
+    # A random model may give one answer everywhere; its scores and attention still vary from input to input, so
+    # equality below compares different numbers per row, not one repeated value.
+    assert len(set(np.round(served["scores"], 4))) >= 2
     np.testing.assert_allclose(served["scores"], [r["score"] for r in python], atol=1e-5)
     np.testing.assert_allclose(served["attention"], [r["attention"] for r in python], atol=1e-5)
 
