@@ -5,8 +5,8 @@ Per step t (attention):
     h_t = cell([E y_{t-1}; z_t], h_{t-1})                                              (lm.recurrent cell)
     logits_t = W_o dropout(E y_{t-1} + L_h h_t + L_z z_t)                              (deep output)
 h_0, c_0 = tanh(W mean_p(features)). The vocabulary projection W_o runs once, after the loop, on all steps.
-Under teacher forcing (LSTM) the loop is fused (`_fused_loop`): the word part of the cell input and the deep output
-run for all steps at once, and the three products of h_{t-1} are one matmul; search uses the plain per-step path.
+Under teacher forcing (LSTM) the loop is fused (`_fused_loop`): the three products of h_{t-1} (attention query, gate,
+recurrent term) are one matmul and the deep output runs for all steps after the loop; search uses the per-step path.
 Logits are float32 even under mixed precision (bfloat16 compute).
 Loss: masked cross-entropy + alpha_c * sum_p (1 - sum_t alpha_tp)^2 (doubly stochastic attention).
 
@@ -154,7 +154,11 @@ class CaptionDecoder(keras.Model):
         return (logits, alphas) if return_attention else logits
 
     # ---- the teacher-forced loop with time-invariant work hoisted out (speed; same numbers) -------------------
-    fused_loop = True  # a switch for benchmarks and tests, not part of the config
+    # Switches for benchmarks and tests, not part of the config. Precomputing the word part of the cell input for all
+    # steps is exact too, but measured slower on CPU (XLA, batch 32: 0.6-0.7x) together with the other two hoists,
+    # so it is off until a GPU measurement says otherwise (scripts/bench_gpu.py --hoist-words).
+    fused_loop = True
+    hoist_word_projection = False
 
     def _can_fuse(self) -> bool:
         cell = self.stack.cells[0]
@@ -164,17 +168,20 @@ class CaptionDecoder(keras.Model):
     def _fused_loop(self, embedded, features, keys, states):
         """The attention LSTM over all T steps, as looping `_attend_step` computes it (same weights, equal up to float
         rounding; tests check it), with the work that does not need step t's hidden state moved out of the loop:
-          * the word rows of the cell kernel: E y_{t-1} @ W_x[:embed] + b for all steps in one matmul;
           * one matmul per step for everything h_{t-1} feeds: [attention query | gate | recurrent term];
-          * the deep output's L_h h_t + L_z z_t for all steps in two matmuls after the loop.
+          * the deep output's L_h h_t + L_z z_t for all steps in two matmuls after the loop;
+          * with `hoist_word_projection`, also the word rows of the cell kernel, E y_{t-1} @ W_x[:embed] + b, for all
+            steps in one matmul (x_t @ W_x = word_t @ W_x[:embed] + context_t @ W_x[embed:]).
         embedded (batch, T, embed), features (batch, pixels, C), keys (batch, pixels, A) -> deep (batch, T, embed),
         alphas (batch, T, pixels).
         """
         cell = self.stack.cells[0]
         embed, att, channels = self.embed_dim, self.attention_dim, self.feature_dim
         kernel = cell.kernel  # (embed + C, 4 units): rows for [word; context]
-        words = ops.matmul(embedded, kernel[:embed]) + cell.bias  # (batch, T, 4 units)
-        words = ops.unstack(words, axis=1)  # T x (batch, 4 units): one split, whose gradient is one concatenation
+        hoist = self.hoist_word_projection
+        if hoist:
+            words = ops.matmul(embedded, kernel[:embed]) + cell.bias  # (batch, T, 4 units)
+            words = ops.unstack(words, axis=1)  # T x (batch, 4 units): one split; its gradient is one concatenation
         context_kernel = kernel[embed:]  # (C, 4 units)
         fused = ops.concatenate([self.attention.hidden_proj.kernel, self.gate.kernel, cell.recurrent_kernel],
                                 axis=1)  # (units, A + C + 4 units)
@@ -185,7 +192,11 @@ class CaptionDecoder(keras.Model):
             query, gate, recurrent = projected[:, :att], projected[:, att: att + channels], projected[:, att + channels:]
             context, alpha = self.attention.attend(features, keys, query)  # (batch, C), (batch, pixels)
             context = context * self.gate.activation(gate + self.gate.bias)
-            z = words[t] + ops.matmul(context, context_kernel) + recurrent  # (batch, 4 units), gates i f c o
+            if hoist:
+                z = words[t] + ops.matmul(context, context_kernel) + recurrent  # (batch, 4 units): gates i f c o
+            else:
+                x = ops.concatenate([embedded[:, t], context], axis=-1)  # (batch, embed + C), as the cell sees it
+                z = ops.matmul(x, kernel) + cell.bias + recurrent
             z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
             c = cell.recurrent_activation(z_f) * c + cell.recurrent_activation(z_i) * cell.activation(z_c)
             h = cell.recurrent_activation(z_o) * cell.activation(c)

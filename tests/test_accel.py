@@ -24,9 +24,11 @@ def _np(x):
     return ops.convert_to_numpy(x)
 
 
-def test_fused_decoder_loop_matches_the_per_step_path():
+@pytest.mark.parametrize("hoist_words", [False, True])
+def test_fused_decoder_loop_matches_the_per_step_path(hoist_words):
     keras.utils.set_random_seed(1)
     decoder = CaptionDecoder(vocab_size=30, feature_dim=12, embed_dim=8, units=16, attention_dim=10, dropout=0.0)
+    decoder.hoist_word_projection = hoist_words
     features = np.random.default_rng(0).random((3, 7, 12), dtype="float32")
     tokens = np.random.default_rng(1).integers(0, 30, (3, 6)).astype("int32")
     fused = decoder((features, tokens), return_attention=True)
