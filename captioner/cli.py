@@ -40,12 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print a JSON list: one object per image with image, caption, score (or error)")
 
-    p = sub.add_parser("ask", help="answer a question about an image")
-    p.add_argument("image")
-    p.add_argument("question")
+    p = sub.add_parser("ask", help="answer a question about an image",
+                       description="Answers one question about one image with a VQA model (stacked attention). "
+                                   "Words the model never saw are read as <unk> and named in a note on stderr.")
+    p.add_argument("image", help="image file (JPEG, PNG, GIF, BMP, WebP, TIFF)")
+    p.add_argument("question", help='the question, e.g. "how many circles are there"')
     p.add_argument("--model", default=None, help="VQA model folder (default: the bundled scenes VQA model)")
     p.add_argument("--attention-out", default=None, metavar="PNG", help="write the attention map as a PNG")
-    p.add_argument("--json", action="store_true", help='print {"answer": ..., "score": ...}')
+    p.add_argument("--json", action="store_true", help='print {"answer": ..., "score": ..., "unknown_words": [...]}')
 
     p = sub.add_parser("train", help="train a captioner (or a VQA model when the data has questions)")
     p.add_argument("data", help="dataset file or folder (see the formats above)")
@@ -96,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", default=None)
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N only")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-meteor", action="store_true",
+                   help="skip METEOR (it starts a Java process; reported as null)")
+    p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
 
     p = sub.add_parser("export", help="write a TensorFlow SavedModel that takes image bytes and returns strings")
     p.add_argument("out_dir")
@@ -119,13 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_attention_png(result: dict, image_source, out_dir: str, loaded) -> str:
+def _attention_png_names(images) -> list[str]:
+    """One PNG name per image: `STEM.attention.png`, or `STEM-N.attention.png` for the second and later images
+    whose stem is taken (a/x.jpg and b/x.jpg, or x.jpg and x.png), so no picture overwrites another."""
+    names, taken = [], set()
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image))[0] or "image"
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        names.append(f"{name}.attention.png")
+    return names
+
+
+def _write_attention_png(result: dict, image_source, out_dir: str, name: str) -> str:
     from captioner.images import decode_image, resize_image
     from captioner.visualize import attention_grid
     os.makedirs(out_dir, exist_ok=True)
     image = resize_image(decode_image(image_source), (224, 224), "stretch")
-    stem = os.path.splitext(os.path.basename(result["image"]))[0] or "image"
-    path = os.path.join(out_dir, f"{stem}.attention.png")
+    path = os.path.join(out_dir, name)
     attention_grid(image, result["words"], result["attention"], title=result["caption"]).save(path)
     return path
 
@@ -137,14 +155,15 @@ def cmd_caption(a) -> int:
     loaded = load_model_dir(a.model, task="caption")
     results = caption_files(loaded, list(a.images), beam_width=a.beam, max_length=a.max_length)
     failures = 0
-    for r in results:
+    png_names = _attention_png_names(a.images)
+    for r, png_name in zip(results, png_names):
         if "error" in r:
             failures += 1
             if not a.json:
                 print(f"captioner: error: {r['error']}", file=sys.stderr)
             continue
         if a.attention_out:
-            r["attention_png"] = _write_attention_png(r, r["image"], a.attention_out, loaded)
+            r["attention_png"] = _write_attention_png(r, r["image"], a.attention_out, png_name)
         if not a.json:
             print(f"{r['image']}\t{r['caption']}")
     if a.json:
@@ -156,8 +175,16 @@ def cmd_caption(a) -> int:
 def cmd_ask(a) -> int:
     from captioner.model import load_model_dir
     from captioner.vqa import answer_questions
+    from lm.text import tokenize
+    if not tokenize(a.question):
+        raise UserError('the question is empty; ask something, e.g. captioner ask IMAGE "what color is the circle"')
     loaded = load_model_dir(a.model, task="vqa")
     result = answer_questions(loaded, a.image, [a.question])[0]
+    unknown = result["unknown_words"]
+    if unknown:  # answered all the same (as <unk>), but the user should know the model guessed around them
+        which = "some words are not" if any(w in loaded.vocab for w in tokenize(a.question)) else "no word is"
+        listed = ", ".join(unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+        print(f"captioner: note: {which} in the model's vocabulary ({listed}); the answer is a guess", file=sys.stderr)
     if a.attention_out:
         from captioner.images import decode_image, resize_image
         from captioner.visualize import attention_overlay
@@ -165,7 +192,7 @@ def cmd_ask(a) -> int:
         image = resize_image(decode_image(a.image), (224, 224), "stretch")
         attention_overlay(image, result["attention"], f"Q: {a.question}  A: {result['answer']}").save(a.attention_out)
     if a.json:
-        print(json.dumps({"answer": result["answer"], "score": float(result["score"])}))
+        print(json.dumps({"answer": result["answer"], "score": float(result["score"]), "unknown_words": unknown}))
     else:
         print(result["answer"])
     return 0
@@ -206,7 +233,7 @@ def cmd_evaluate(a) -> int:
     else:
         from captioner.evaluate import evaluate_captioner
         scores = evaluate_captioner(loaded, a.data, split=a.split, image_root=a.image_root, beam_width=a.beam,
-                                    max_images=a.max_images)
+                                    max_images=a.max_images, meteor=not a.no_meteor)
     if a.json:
         print(json.dumps(scores))
     else:

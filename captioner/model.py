@@ -17,6 +17,7 @@ from keras import ops
 
 from captioner.backbones import backbone_spec, build_backbone, grid_shape
 from captioner.decoder import CaptionDecoder
+from lm.checkpoint import load_weights_file, read_model_folder
 from lm.errors import UserError
 from lm.vocab import Vocabulary
 
@@ -166,35 +167,25 @@ def load_model_dir(directory=None, task: str | None = None) -> LoadedCaptioner:
             raise UserError(f"the bundled {task or 'caption'} model is missing ({directory}); "
                             "pass --model DIR or reinstall the package")
     directory = os.fspath(directory)
-    config_path = os.path.join(directory, "config.json")
-    if not os.path.isdir(directory):
-        raise UserError(f"{directory}: no such model folder")
-    if not os.path.isfile(config_path) or not os.path.isfile(os.path.join(directory, "model.weights.h5")):
-        raise UserError(f"{directory}: not a model folder (config.json or model.weights.h5 missing); "
-                        "make one with `captioner train DATA --out DIR`")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-        vocab = Vocabulary.load(os.path.join(directory, "vocab.json"))
-        found = config["task"]
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"{directory}: unreadable model folder ({e})") from None
+    config, vocab = read_model_folder(directory, required=("config.json", "vocab.json", "model.weights.h5"),
+                                      how_to_make="captioner train DATA --out DIR")
+    found = config.get("task")
     if task is not None and found != task:
         raise UserError(f"{directory}: this is a {found} model, not a {task} model")
     answers = None
-    if found == "vqa":
-        from captioner.vqa import build_vqa_model
-        with open(os.path.join(directory, "answers.json")) as f:
-            answers = json.load(f)
-        model = build_vqa_model(config["model"])
-    elif found == "caption":
-        model = build_captioner(config["model"])
-    else:
-        raise UserError(f"{directory}: unknown task {found!r}")
     try:
-        model.load_weights(os.path.join(directory, "model.weights.h5"))
-    except Exception as e:
-        raise UserError(f"{directory}: weights do not match config.json ({str(e).splitlines()[0]})") from None
+        if found == "vqa":
+            from captioner.vqa import build_vqa_model
+            with open(os.path.join(directory, "answers.json")) as f:
+                answers = json.load(f)
+            model = build_vqa_model(config["model"])
+        elif found == "caption":
+            model = build_captioner(config["model"])
+        else:
+            raise UserError(f"{directory}: unknown task {found!r} in config.json")
+    except (OSError, ValueError, KeyError, TypeError) as e:  # answers.json missing, config.json edited by hand
+        raise UserError(f"{directory}: unreadable {found} model folder ({e})") from None
+    load_weights_file(model, directory)
     return LoadedCaptioner(found, model, vocab, config, answers, directory)
 
 

@@ -698,7 +698,8 @@ def answer_questions(loaded, image_source, questions: list[str]) -> list[dict]:
 
     Returns:
         One dict per question: answer (str), score (softmax probability), attention (h', w') float array (the
-        last hop's; uniform for the blind / mean baselines).
+        last hop's; uniform for the blind / mean baselines), unknown_words (the question's words the model never
+        saw in training, read as <unk>).
 
     Raises:
         captioner.images.ImageError: the image cannot be read.
@@ -728,8 +729,9 @@ def answer_questions(loaded, image_source, questions: list[str]) -> list[dict]:
     out = []
     for i in range(len(questions)):
         k = int(np.argmax(probs[i]))
+        unknown = [w for w in tokenize(str(questions[i]))[:max_length] if w not in loaded.vocab]
         out.append({"answer": loaded.answers[k], "score": float(probs[i, k]),
-                    "attention": alpha[i].reshape(gh, gw)})
+                    "attention": alpha[i].reshape(gh, gw), "unknown_words": unknown})
     return out
 
 

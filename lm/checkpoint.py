@@ -95,39 +95,58 @@ def build_model(arch: str, model_config: dict):
     return model
 
 
+def read_model_folder(directory, required=("config.json", "vocab.json"), what="model",
+                      how_to_make="") -> tuple[dict, Vocabulary]:
+    """The steps every model folder shares (language models, captioners, VQA models): the folder exists, the
+    `required` files are there, config.json and vocab.json parse. Returns (config, vocabulary); any failure is a
+    UserError of one line that names the folder."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise UserError(f"{directory}: no such model folder")
+    missing = [name for name in required if not os.path.isfile(os.path.join(directory, name))]
+    if missing:
+        hint = f"; make one with `{how_to_make}`" if how_to_make else ""
+        raise UserError(f"{directory}: not a {what} folder ({' and '.join(missing)} missing){hint}")
+    try:
+        with open(os.path.join(directory, "config.json")) as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError("config.json is not a JSON object")
+        vocab = Vocabulary.load(os.path.join(directory, "vocab.json"))
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise UserError(f"{directory}: unreadable model folder ({e})") from None
+    return config, vocab
+
+
+def load_weights_file(model, directory, filename="model.weights.h5") -> None:
+    """model.load_weights, with a weights file that does not fit the config turned into a one-line UserError."""
+    path = os.path.join(directory, filename)
+    if not os.path.isfile(path):
+        raise UserError(f"{directory}: {filename} is missing")
+    try:
+        model.load_weights(path)
+    except Exception as e:  # a weights file from another config or version, or a truncated one
+        raise UserError(f"{directory}: weights do not match config.json ({str(e).splitlines()[0]})") from None
+
+
 def load_model_dir(directory=None) -> LoadedModel:
     """Reads a model folder (default: the bundled model). Bad folders raise UserError with one line."""
     directory = os.fspath(directory) if directory else BUNDLED_MODEL
-    if not os.path.isdir(directory):
-        if directory == BUNDLED_MODEL:
-            raise UserError("the bundled model is not installed; pass --model DIR (make one with `lm train`)")
-        raise UserError(f"{directory}: no such model folder")
-    config_path = os.path.join(directory, "config.json")
-    if not os.path.isfile(config_path) or not os.path.isfile(os.path.join(directory, "vocab.json")):
-        raise UserError(f"{directory}: not a language-model folder (config.json or vocab.json missing); "
-                        "make one with `lm train CORPUS --out DIR`")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-        vocab = Vocabulary.load(os.path.join(directory, "vocab.json"))
-        arch = config["arch"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{directory}: unreadable model folder ({e})") from None
+    if directory == BUNDLED_MODEL and not os.path.isdir(directory):
+        raise UserError("the bundled model is not installed; pass --model DIR (make one with `lm train`)")
+    config, vocab = read_model_folder(directory, what="language-model", how_to_make="lm train CORPUS --out DIR")
+    arch = config.get("arch")
     if arch not in ARCHS:
         raise UserError(f"{directory}: unknown architecture {arch!r} in config.json")
     if arch == "ngram":
         from lm.ngram import KneserNeyLM
         model = KneserNeyLM.load(directory)
     else:
-        weights = os.path.join(directory, "model.weights.h5")
-        if not os.path.isfile(weights):
+        if not os.path.isfile(os.path.join(directory, "model.weights.h5")):
             raise UserError(f"{directory}: model.weights.h5 is missing")
         try:
             model = build_model(arch, config["model"])
         except (KeyError, TypeError, ValueError) as e:  # config.json edited by hand or from another version
             raise UserError(f"{directory}: config.json does not describe a {arch} model ({e})") from None
-        try:
-            model.load_weights(weights)
-        except Exception as e:  # a weights file that does not fit the config
-            raise UserError(f"{directory}: weights do not match config.json ({str(e).splitlines()[0]})") from None
+        load_weights_file(model, directory)
     return LoadedModel(arch, model, vocab, config)

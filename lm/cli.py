@@ -12,6 +12,7 @@ Without --model the bundled model is used: an LSTM trained on the King James Bib
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -198,10 +199,48 @@ COMMANDS = {"train": cmd_train, "perplexity": cmd_perplexity, "generate": cmd_ge
             "export": cmd_export}
 
 
+@contextlib.contextmanager
+def native_logs_silenced():
+    """Drops what native code writes to file descriptor 2 while keeping Python's sys.stderr (errors, tqdm bars).
+
+    TensorFlow 2.21's C++ runtime prints INFO and ERROR lines at import and first use (oneDNN notice, CUDA probing
+    on a machine without a GPU) through absl, whatever TF_CPP_MIN_LOG_LEVEL says; a CLI whose errors are one line
+    cannot let those through. Set TF_CPP_MIN_LOG_LEVEL=0 (or 1) to see them again.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreter, closed stderr)
+        yield
+        return
+    python_stderr = sys.stderr
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, errors="backslashreplace")
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run_cli(prog: str, parser: argparse.ArgumentParser, commands: dict, argv=None) -> int:
-    """Parses, runs, and turns user errors into one line on stderr and exit status 2 (no traceback)."""
+    """Parses, runs, and turns user errors into one line on stderr and exit status 2 (no traceback). Run as a
+    program (argv None), native library chatter on stderr is dropped (native_logs_silenced)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser.parse_args(argv)
+    with native_logs_silenced() if argv is None else contextlib.nullcontext():
+        return _run_command(prog, commands, args)
+
+
+def _run_command(prog: str, commands: dict, args) -> int:
     try:
         return commands[args.command](args)
     except UserError as e:

@@ -297,6 +297,10 @@ def test_evaluate_cli_json(flickr_model, capsys):
     for key in ("Bleu_1", "Bleu_4", "ROUGE_L", "exact_match"):
         assert 0 <= scores[key] <= 1
     assert scores["METEOR"] is None or 0 <= scores["METEOR"] <= 1
+    rc, stdout, _ = run_main(["evaluate", FLICKR, "--model", flickr_model, "--json", "--beam", "2", "--no-meteor"],
+                             capsys)
+    fast = json.loads(stdout)
+    assert rc == 0 and fast["METEOR"] is None and fast["CIDEr"] == scores["CIDEr"]
 
 
 # ---- --init-from-lm ------------------------------------------------------------------------------------------------
@@ -431,3 +435,11 @@ def test_train_and_caption_on_jax_and_torch(tmp_path):
         ran.append(backend)
     if not ran:
         pytest.skip("neither JAX nor PyTorch is importable")
+
+
+def test_attention_png_names_never_collide():
+    from captioner.cli import _attention_png_names
+    names = _attention_png_names(["a/x.jpg", "b/x.jpg", "x.png", "y.jpg", "x-2.jpg", ".jpg"])
+    assert names == ["x.attention.png", "x-2.attention.png", "x-3.attention.png", "y.attention.png",
+                     "x-2-2.attention.png", ".jpg.attention.png"]
+    assert len(set(names)) == len(names)

@@ -165,3 +165,42 @@ def test_train_refuses_bad_arguments(tmp_path):
         train_vqa(VQA_JSONL, str(tmp_path / "x"), mode="psychic", **TRAIN_TINY)
     with pytest.raises(UserError):
         train_vqa(str(tmp_path / "nothing.jsonl"), str(tmp_path / "x"), **TRAIN_TINY)
+
+
+def test_ask_cli_with_the_bundled_model_on_edge_cases(tmp_path, capsys):
+    """`captioner ask`: a normal question gets {"answer", "score"}; an empty question and a corrupt image are one
+    error line with exit 2; a question of unseen words is answered with a note naming them."""
+    from captioner import cli
+    from captioner.scenes import generate_scenes
+    scenes = generate_scenes(tmp_path / "scenes", 2, seed=11)["out_dir"]
+    with open(os.path.join(scenes, "vqa.jsonl")) as f:
+        qa = [json.loads(line) for line in f]
+    count = next(q for q in qa if q["question"].startswith("how many objects"))
+    image = os.path.join(scenes, count["image"])
+
+    def ask(*argv):
+        capsys.readouterr()
+        rc = cli.main(["ask", *map(str, argv)])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    rc, out, err = ask(image, count["question"], "--json", "--attention-out", tmp_path / "a.png")
+    reply = json.loads(out)
+    assert rc == 0 and err == "" and reply["unknown_words"] == []
+    assert reply["answer"] == count["answer"] and 0.5 < reply["score"] <= 1.0  # the bundled model counts right
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+    for question in ("", "  ?! "):
+        rc, out, err = ask(image, question)
+        assert rc == 2 and out == "" and err.count("\n") == 1 and "question is empty" in err
+
+    rc, out, err = ask(image, "how many zorblax are flibbering", "--json")
+    assert rc == 0 and json.loads(out)["unknown_words"] == ["zorblax", "flibbering"]
+    assert err.count("\n") == 1 and "some words are not in the model's vocabulary (zorblax, flibbering)" in err
+    rc, out, err = ask(image, "qwertz zonk")
+    assert rc == 0 and out.strip() and "no word is in the model's vocabulary" in err
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    rc, out, err = ask(corrupt, count["question"])
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
