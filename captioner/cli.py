@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a model on a split (captions: BLEU, METEOR, ROUGE-L, CIDEr; VQA: accuracy)")
     p.add_argument("data")
     p.add_argument("--model", default=None)
-    p.add_argument("--task", choices=["caption", "vqa"], default=None, help="default: the model folder's task")
+    p.add_argument("--task", choices=["caption", "vqa"], default=None,
+                   help="default: the model folder's task (without --model: detected from the data)")
     p.add_argument("--split", default="test")
     p.add_argument("--image-root", default=None)
     p.add_argument("--annotations", default=None)
@@ -226,7 +227,11 @@ def cmd_train(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from captioner.model import load_model_dir
-    loaded = load_model_dir(a.model, task=a.task)
+    task = a.task
+    if task is None and a.model is None:  # the bundled model that fits the data: captioner or VQA
+        from captioner.datasets import detect_task
+        task = detect_task(a.data)
+    loaded = load_model_dir(a.model, task=task)
     if loaded.task == "vqa":
         from captioner.vqa import evaluate_vqa
         scores = evaluate_vqa(loaded, a.data, split=a.split, image_root=a.image_root, annotations=a.annotations)
@@ -237,15 +242,18 @@ def cmd_evaluate(a) -> int:
     if a.json:
         print(json.dumps(scores))
     else:
-        for key, value in scores.items():
-            if isinstance(value, float):
-                print(f"{key:18} {value:.4f}")
-            elif not isinstance(value, dict):
-                print(f"{key:18} {value}")
-            else:
-                for k, v in value.items():
-                    print(f"{key + '/' + str(k):18} {v:.4f}" if isinstance(v, float) else f"{key}/{k} {v}")
+        for key, value in _flatten(scores):
+            print(f"{key:32} {value:.4f}" if isinstance(value, float) else f"{key:32} {value}")
     return 0
+
+
+def _flatten(scores: dict, prefix: str = ""):
+    """{"per_type": {"answer_type": {"number": 0.9}}} -> ("per_type/answer_type/number", 0.9), in order."""
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}/")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def cmd_export(a) -> int:

@@ -200,6 +200,11 @@ def test_ask_cli_with_the_bundled_model_on_edge_cases(tmp_path, capsys):
     rc, out, err = ask(image, "qwertz zonk")
     assert rc == 0 and out.strip() and "no word is in the model's vocabulary" in err
 
+    # `captioner evaluate` on VQA data without --model picks the bundled VQA model, not the captioner.
+    rc = cli.main(["evaluate", os.path.join(scenes, "vqa.jsonl"), "--split", count["split"], "--json"])
+    scores = json.loads(capsys.readouterr().out)
+    assert rc == 0 and scores["count"] > 0 and 0 <= scores["accuracy"] <= 1 and "per_type" in scores
+
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
     rc, out, err = ask(corrupt, count["question"])
