@@ -190,6 +190,23 @@ def _tokens_of(text) -> list[str]:
     return tokenize(text)
 
 
+def _dataset_files(path, image_root, find_in_folder, nothing_found: str) -> tuple[list[str], str | None]:
+    """What both loaders do first: absolute paths, a checked image root, and the dataset file(s) -- `path` itself,
+    or what `find_in_folder` finds when it is a folder. Returns (files, image root or None)."""
+    path = os.path.abspath(os.fspath(path))
+    root = os.path.abspath(os.fspath(image_root)) if image_root is not None else None
+    if root is not None and not os.path.isdir(root):
+        raise UserError(f"{root}: image folder not found")
+    if os.path.isdir(path):
+        files = find_in_folder(path)
+        if not files:
+            raise UserError(f"{path}: {nothing_found}")
+        return files, root
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file or folder")
+    return [path], root
+
+
 def _nonempty(examples: list, path: str, what: str) -> list:
     if not examples:
         raise UserError(f"{path}: no {what} found (empty dataset)")
@@ -255,24 +272,12 @@ def load_caption_dataset(path: str | os.PathLike, image_root: str | os.PathLike 
     Raises:
         UserError: missing file, unknown or broken format, or no captions at all.
     """
-    path = os.path.abspath(os.fspath(path))
-    root = os.path.abspath(os.fspath(image_root)) if image_root is not None else None
-    if root is not None and not os.path.isdir(root):
-        raise UserError(f"{root}: image folder not found")
-    if os.path.isdir(path):
-        files = _caption_file_in(path)
-        if not files:
-            raise UserError(f"{path}: no caption dataset found (looked for dataset_*.json, Flickr8k.token.txt, "
-                            "captions_*.json, *.jsonl)")
-        if len(files) > 1:  # several COCO caption files: load them all
-            out = []
-            for f in files:
-                out += load_caption_dataset(f, image_root)
-            return out
-        path = files[0]
-    elif not os.path.isfile(path):
-        raise UserError(f"{path}: no such file or folder")
-
+    files, root = _dataset_files(path, image_root, _caption_file_in,
+                                 "no caption dataset found (looked for dataset_*.json, Flickr8k.token.txt, "
+                                 "captions_*.json, *.jsonl)")
+    if len(files) > 1:  # several COCO caption files: load them all
+        return [example for f in files for example in load_caption_dataset(f, image_root)]
+    path = files[0]
     kind = _sniff(path)
     if kind == "json":
         data = _read_json(path)
@@ -516,27 +521,15 @@ def load_vqa_dataset(path: str | os.PathLike, image_root: str | os.PathLike | No
         UserError: missing file, unknown or broken format, no annotations for a train/val questions file, or no
         questions at all.
     """
-    path = os.path.abspath(os.fspath(path))
-    root = os.path.abspath(os.fspath(image_root)) if image_root is not None else None
-    if root is not None and not os.path.isdir(root):
-        raise UserError(f"{root}: image folder not found")
     if annotations is not None and not os.path.isfile(annotations):
         raise UserError(f"{annotations}: annotations file not found")
-    if os.path.isdir(path):
-        files = _vqa_files_in(path)
-        if not files:
-            raise UserError(f"{path}: no VQA data found (looked for *questions*.json and a .jsonl with questions)")
-        if len(files) > 1:
-            if annotations is not None:
-                raise UserError(f"{path}: several questions files; pass one file together with its annotations")
-            out = []
-            for f in files:
-                out += load_vqa_dataset(f, image_root)
-            return out
-        path = files[0]
-    elif not os.path.isfile(path):
-        raise UserError(f"{path}: no such file or folder")
-
+    files, root = _dataset_files(path, image_root, _vqa_files_in,
+                                 "no VQA data found (looked for *questions*.json and a .jsonl with questions)")
+    if len(files) > 1:  # several questions files in a folder: load them all
+        if annotations is not None:
+            raise UserError(f"{path}: several questions files; pass one file together with its annotations")
+        return [example for f in files for example in load_vqa_dataset(f, image_root)]
+    path = files[0]
     kind = _sniff(path)
     if kind == "jsonl":
         return _load_vqa_jsonl(path, _read_jsonl(path), root)

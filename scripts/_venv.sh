@@ -14,7 +14,8 @@ if [ ! -f "$stamp" ]; then
   echo "== installing the project into .venv${extras:+ (with [$extras])}"
   "$VPY" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   "$VPY" -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VPY" -c "import keras, numpy, PIL" || { echo "install failed"; exit 1; }
+  # TensorFlow's import chatter is dropped unless the import fails.
+  check=$("$VPY" -c "import numpy, PIL, keras" 2>&1) || { echo "$check" | tail -5; echo "install failed"; exit 1; }
   touch "$stamp"
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

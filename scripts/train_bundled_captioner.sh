@@ -22,30 +22,14 @@ echo "== training the bundled captioner in $WORK (seed $SEED)"
 "$PY" scripts/bench_captioner_scenes.py --only attention --seed "$SEED" --data "$WORK/scenes" --out "$WORK/models" \
   --epochs 12 --json "$@" > "$WORK/result.json"
 
-rm -rf "$DEST.tmp"
-mkdir -p "$DEST.tmp"
-cp "$WORK"/models/attention/{config.json,vocab.json,model.weights.h5} "$DEST.tmp/"
-"$PY" - "$DEST.tmp" "$SEED" <<'PY'
-import json, os, sys
-path = os.path.join(sys.argv[1], "config.json")
-with open(path) as f:
-    config = json.load(f)
-config["data"] = f"synthetic scenes (scripts/train_bundled_captioner.sh, seed {sys.argv[2]})"  # not a temp path
-with open(path, "w") as f:
-    json.dump(config, f, indent=2)
-PY
-rm -rf "$DEST"
-mv "$DEST.tmp" "$DEST"
+"$PY" scripts/_install_model.py "$WORK/models/attention" "$DEST" \
+  --note "synthetic scenes (scripts/train_bundled_captioner.sh, seed $SEED)"
 "$PY" - "$DEST" "$WORK/result.json" <<'PY'
-import json, os, sys
-from captioner.model import load_model_dir
-loaded = load_model_dir(sys.argv[1], task="caption")
+import json, sys
 with open(sys.argv[2]) as f:
     result = json.load(f)
 r = result["results"]["attention"]
-size = os.path.getsize(os.path.join(sys.argv[1], "model.weights.h5")) / 2**20
-print(f"bundled captioner in {sys.argv[1]}: {loaded.model.count_params()} parameters, {size:.1f} MB of weights, "
-      f"{len(loaded.vocab)} words; {r['epochs']} epochs, {r['train_seconds']:.0f} s")
+print(f"{r['epochs']} epochs, {r['train_seconds']:.0f} s")
 for split in ("test", "novel"):
     s = r[split]
     print(f"held-out {split:5} ({s['images']} scenes): exact match {s['exact_match']:.3f}  CIDEr {s['CIDEr']:.3f}  "

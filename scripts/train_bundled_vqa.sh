@@ -16,16 +16,6 @@ DEST=captioner/assets/scenes-vqa
 
 "$PY" scripts/bench_vqa_scenes.py --modes attention --out "$WORK" "$@"
 
-rm -rf "$DEST.tmp"
-mkdir -p "$DEST.tmp"
-cp "$WORK"/attention/{config.json,vocab.json,answers.json,model.weights.h5} "$DEST.tmp/"
-rm -rf "$DEST"
-mv "$DEST.tmp" "$DEST"
-"$PY" - "$DEST" <<'PY'
-import sys
-from captioner.model import load_model_dir
-loaded = load_model_dir(sys.argv[1], task="vqa")
-print(f"bundled VQA model in {sys.argv[1]}: {loaded.model.count_params()} parameters, "
-      f"{len(loaded.answers)} answers, {len(loaded.vocab)} question words")
-PY
+"$PY" scripts/_install_model.py "$WORK/attention" "$DEST" \
+  --note "synthetic scenes (scripts/train_bundled_vqa.sh; scripts/bench_vqa_scenes.py defaults)"
 du -sh "$DEST"
