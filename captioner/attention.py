@@ -30,10 +30,13 @@ class SoftAttention(layers.Layer):
         self.score = layers.Dense(1, name="score")
 
     def build(self, features_shape, keys_shape=None, hidden_shape=None):
-        self.feature_proj.build(features_shape)
-        if hidden_shape is not None:
+        # A sublayer may be built already: `project_features` can run before the first call (as in the example).
+        if not self.feature_proj.built:
+            self.feature_proj.build(features_shape)
+        if hidden_shape is not None and not self.hidden_proj.built:
             self.hidden_proj.build(hidden_shape)
-        self.score.build(tuple(features_shape[:-1]) + (self.attention_dim,))
+        if not self.score.built:
+            self.score.build(tuple(features_shape[:-1]) + (self.attention_dim,))
         self.built = True
 
     def project_features(self, features):

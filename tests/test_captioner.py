@@ -443,3 +443,20 @@ def test_attention_png_names_never_collide():
     assert names == ["x.attention.png", "x-2.attention.png", "x-3.attention.png", "y.attention.png",
                      "x-2-2.attention.png", ".jpg.attention.png"]
     assert len(set(names)) == len(names)
+
+
+def test_soft_attention_builds_whichever_method_runs_first():
+    """`project_features` before the first call (the decoder's order) and a plain call give the same layer."""
+    from captioner.attention import SoftAttention
+    features = np.random.default_rng(0).random((2, 6, 5), dtype="float32")  # (batch, pixels, channels)
+    hidden = np.random.default_rng(1).random((2, 4), dtype="float32")  # (batch, units)
+    first = SoftAttention(3)
+    keys = first.project_features(features)  # (2, 6, 3)
+    context, alpha = first(features, keys, hidden)  # (2, 5), (2, 6)
+    assert tuple(context.shape) == (2, 5) and len(first.weights) == 5
+    np.testing.assert_allclose(np.asarray(alpha).sum(-1), 1.0, rtol=1e-5)
+    second = SoftAttention(3)
+    second(features, second.project_features(features), hidden)
+    second.set_weights(first.get_weights())
+    np.testing.assert_allclose(np.asarray(second(features, second.project_features(features), hidden)[0]),
+                               np.asarray(context), rtol=1e-6)
