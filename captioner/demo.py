@@ -47,7 +47,12 @@ def run_demo(out_dir: str, images: int = 4, seed: int = 20261122, as_json: bool 
         picture = resize_image(decode_image(path), (224, 224), "stretch")
         grid_png = os.path.join(out_dir, f"{name}.caption.png")
         attention_grid(picture, cap["words"], cap["attention"], title=cap["caption"]).save(grid_png)
-        entry = {"image": path, "caption": cap["caption"], "truth": truths[0], "exact": exact, "qa": []}
+        # The scenes give several reference captions: show the one the caption equals, else the first.
+        shown = cap["caption"] if exact else truths[0]
+        verdict = (f"equals one of the {len(truths)} references" if exact
+                   else f"matches none of the {len(truths)} references")
+        entry = {"image": path, "caption": cap["caption"], "truth": shown, "references": truths, "exact": exact,
+                 "qa": []}
         rel = "images/" + im["filename"]
         rows = [r for r in qa_rows if r["image"] == rel][:questions_per_image]
         if vqa is not None and rows:
@@ -63,14 +68,14 @@ def run_demo(out_dir: str, images: int = 4, seed: int = 20261122, as_json: bool 
                                     "correct": ok, "png": os.path.basename(png)})
         report.append(entry)
         if not as_json:
-            print(f"\n{name}: {cap['caption']}\n{'':{len(name)}}  truth: {truths[0]}  ({'exact' if exact else 'differs'})")
+            print(f"\n{name}: {cap['caption']}\n{'':{len(name)}}  truth: {shown}  ({verdict})")
             for q in entry["qa"]:
                 print(f"  Q: {q['question']:36} A: {q['answer']:8} truth: {q['truth']:8} {'ok' if q['correct'] else 'WRONG'}")
         qa_html = "".join(
             f"<figure><img src='{q['png']}'><figcaption>{html.escape(q['question'])} &rarr; <b>{html.escape(q['answer'])}</b>"
             f" (truth: {html.escape(q['truth'])})</figcaption></figure>" for q in entry["qa"])
         sections.append(f"<section><h2>{html.escape(name)}: {html.escape(cap['caption'])}</h2>"
-                        f"<p>truth: {html.escape(truths[0])}</p><img src='{os.path.basename(grid_png)}'>"
+                        f"<p>truth: {html.escape(shown)} ({verdict})</p><img src='{os.path.basename(grid_png)}'>"
                         f"<div class='qa'>{qa_html}</div></section>")
     page = os.path.join(out_dir, "index.html")
     with open(page, "w") as f:
