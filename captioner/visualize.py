@@ -48,6 +48,8 @@ def attention_grid(image: np.ndarray, words: list[str], attention: np.ndarray, t
     return sheet
 
 
-def attention_overlay(image: np.ndarray, attention: np.ndarray, label: str = "") -> Image.Image:
-    """One attention map (h', w') over the image, with a label under it (for VQA answers)."""
-    return attention_grid(image, [], np.asarray(attention)[None], title=label, columns=2)
+def attention_overlay(image: np.ndarray, attention: np.ndarray, label: str = "",
+                      panel_label: str = "attention") -> Image.Image:
+    """The image beside one attention map (h', w') over it; `label` above (the question and answer, for VQA),
+    `panel_label` under the map."""
+    return attention_grid(image, [panel_label], np.asarray(attention)[None], title=label, columns=2)
