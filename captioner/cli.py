@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=3,
+                   help="caption training: stop after this many epochs without validation gain (default 3)")
+    p.add_argument("--lr-decay", type=float, default=1.0,
+                   help="caption training: divide the learning rate by this after an epoch without validation gain "
+                        "(default 1: constant)")
     p.add_argument("--embed", type=int, default=256, help="word embedding size")
     p.add_argument("--units", type=int, default=512, help="recurrent units")
     p.add_argument("--attention-dim", type=int, default=256)
@@ -209,8 +214,9 @@ def cmd_train(a) -> int:
                   embed=a.embed, units=a.units, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
                   verbose=verbose, time_budget=a.time_budget)
     if task == "vqa":
-        if a.mixed_precision or a.distribute or a.jit != "auto":
-            raise UserError("--mixed-precision, --jit/--no-jit and --distribute apply to caption training only")
+        if a.mixed_precision or a.distribute or a.jit != "auto" or a.lr_decay != 1.0 or a.patience != 3:
+            raise UserError("--mixed-precision, --jit/--no-jit, --distribute, --patience and --lr-decay apply to "
+                            "caption training only")
         from captioner.vqa import train_vqa
         summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode, **common)
     else:
@@ -220,7 +226,7 @@ def cmd_train(a) -> int:
                                   scheduled_sampling=a.scheduled_sampling, min_count=a.min_count,
                                   max_length=a.max_length, cache_features=a.cache_features, cache_dir=a.cache_dir,
                                   init_from_lm=a.init_from_lm, mixed_precision=a.mixed_precision, jit=a.jit,
-                                  distribute=a.distribute, **common)
+                                  distribute=a.distribute, patience=a.patience, lr_decay=a.lr_decay, **common)
     print(json.dumps(summary) if a.json else f"wrote {a.out} ({task} model, {summary.get('train_seconds')} s)")
     return 0
 

@@ -109,8 +109,9 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
-                    patience=3, mixed_precision=False, jit="auto", distribute=False) -> dict:
+                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False) -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
+    `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
     all local devices) are lm.accel's."""
     from captioner.backbones import backbone_spec
@@ -170,7 +171,7 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
                     jit_compile=jit_option(jit))
     extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
-    checkpoint = BestCheckpoint(model, vocab, out_dir, extra, patience, time_budget, start, verbose)
+    checkpoint = BestCheckpoint(model, vocab, out_dir, extra, patience, time_budget, start, verbose, lr_decay)
     history = trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose,
                           callbacks=[checkpoint], steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. no validation split: keep the last epoch
@@ -182,13 +183,14 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Writes the whole captioner (CNN + decoder) whenever validation loss improves; stops after `patience`
-    epochs without gain or when the time budget is spent."""
+    """Writes the whole captioner (CNN + decoder) whenever validation loss improves; divides the learning rate by
+    `lr_decay` after an epoch without gain; stops after `patience` such epochs or when the time budget is spent."""
 
-    def __init__(self, captioner, vocab, out_dir, extra, patience, time_budget, start, verbose):
+    def __init__(self, captioner, vocab, out_dir, extra, patience, time_budget, start, verbose, lr_decay=1.0):
         super().__init__()
         self.captioner, self.vocab, self.out_dir, self.extra = captioner, vocab, out_dir, extra
         self.patience, self.time_budget, self.start, self.verbose = patience, time_budget, start, verbose
+        self.lr_decay = float(lr_decay)
         self.best, self.bad, self.saved = math.inf, 0, False
 
     def on_epoch_end(self, epoch, logs=None):
@@ -199,6 +201,11 @@ class BestCheckpoint(keras.callbacks.Callback):
             save_model_dir(self.out_dir, "caption", self.captioner, self.vocab, self.extra)
         else:
             self.bad += 1
+            if self.lr_decay > 1:
+                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                self.model.optimizer.learning_rate.assign(lr / self.lr_decay)
+                if self.verbose:
+                    print(f"epoch {epoch + 1}: no validation gain, learning rate -> {lr / self.lr_decay:.2e}")
             if self.bad >= self.patience:
                 self.model.stop_training = True
         if self.time_budget and time.perf_counter() - self.start > self.time_budget:

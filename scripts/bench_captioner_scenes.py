@@ -59,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "words its floor is 64 (1 - 11/64)^2 = 44, and 0.1 already cost 0.13 BLEU-4 at 6 epochs)")
     p.add_argument("--max-length", type=int, default=16, help="longest caption in words + <eos> (scenes: <= 14)")
     p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--lr-decay", type=float, default=1.0,
+                   help="divide the learning rate by this after an epoch without validation gain (default 1: off)")
     p.add_argument("--beam", type=int, default=3, help="beam width for evaluation (default 3)")
     p.add_argument("--meteor", action="store_true", help="also compute METEOR (Java; adds a few seconds a split)")
     p.add_argument("--only", choices=["attention", "no-attention"], default=None, help="train just one of the two")
@@ -102,7 +104,8 @@ def train_and_score(args, dataset: str, out_dir: str, attention: bool) -> dict:
             batch_size=args.batch_size, lr=args.lr, embed=args.embed, units=args.units,
             attention_dim=args.attention_dim, dropout=args.dropout, attention=attention,
             alpha_c=args.alpha_c if attention else 0.0, max_length=args.max_length, seed=args.seed,
-            verbose=0 if args.json else 2, time_budget=args.time_budget, patience=args.patience)
+            verbose=0 if args.json else 2, time_budget=args.time_budget, patience=args.patience,
+            lr_decay=args.lr_decay)
     cpu = time.process_time() - cpu
     loaded = load_model_dir(out_dir, task="caption")
     result = {"train_seconds": summary["train_seconds"], "train_cpu_seconds": round(cpu, 1),
