@@ -66,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=3,
+    p.add_argument("--patience", type=int, default=None,
                    help="caption training: stop after this many epochs without validation gain (default 3)")
-    p.add_argument("--lr-decay", type=float, default=1.0,
+    p.add_argument("--lr-decay", type=float, default=None,
                    help="caption training: divide the learning rate by this after an epoch without validation gain "
                         "(default 1: constant)")
     p.add_argument("--embed", type=int, default=256, help="word embedding size")
@@ -182,13 +182,14 @@ def cmd_ask(a) -> int:
     from captioner.model import load_model_dir
     from captioner.vqa import answer_questions
     from lm.text import tokenize
-    if not tokenize(a.question):
+    words = tokenize(a.question)
+    if not words:
         raise UserError('the question is empty; ask something, e.g. captioner ask IMAGE "what color is the circle"')
     loaded = load_model_dir(a.model, task="vqa")
     result = answer_questions(loaded, a.image, [a.question])[0]
     unknown = result["unknown_words"]
     if unknown:  # answered all the same (as <unk>), but the user should know the model guessed around them
-        which = "some words are not" if any(w in loaded.vocab for w in tokenize(a.question)) else "no word is"
+        which = "some words are not" if any(w in loaded.vocab for w in words) else "no word is"
         listed = ", ".join(unknown[:8]) + (", ..." if len(unknown) > 8 else "")
         print(f"captioner: note: {which} in the model's vocabulary ({listed}); the answer is a guess", file=sys.stderr)
     if a.attention_out:
@@ -213,8 +214,10 @@ def cmd_train(a) -> int:
                   trainable_blocks=a.trainable_blocks, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                   embed=a.embed, units=a.units, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
                   verbose=verbose, time_budget=a.time_budget)
+    # Caption-only flags given on the command line; left out, train_captioner's own defaults hold.
+    caption_only = {k: v for k, v in (("patience", a.patience), ("lr_decay", a.lr_decay)) if v is not None}
     if task == "vqa":
-        if a.mixed_precision or a.distribute or a.jit != "auto" or a.lr_decay != 1.0 or a.patience != 3:
+        if a.mixed_precision or a.distribute or a.jit != "auto" or caption_only:
             raise UserError("--mixed-precision, --jit/--no-jit, --distribute, --patience and --lr-decay apply to "
                             "caption training only")
         from captioner.vqa import train_vqa
@@ -226,7 +229,7 @@ def cmd_train(a) -> int:
                                   scheduled_sampling=a.scheduled_sampling, min_count=a.min_count,
                                   max_length=a.max_length, cache_features=a.cache_features, cache_dir=a.cache_dir,
                                   init_from_lm=a.init_from_lm, mixed_precision=a.mixed_precision, jit=a.jit,
-                                  distribute=a.distribute, patience=a.patience, lr_decay=a.lr_decay, **common)
+                                  distribute=a.distribute, **caption_only, **common)
     print(json.dumps(summary) if a.json else f"wrote {a.out} ({task} model, {summary.get('train_seconds')} s)")
     return 0
 

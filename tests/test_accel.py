@@ -3,9 +3,6 @@ teacher-forcing loop of the caption decoder (same numbers as the per-step path),
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -17,7 +14,6 @@ from lm import accel
 from lm.errors import UserError
 from lm.model import LanguageModel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _np(x):
@@ -121,7 +117,7 @@ def test_distribution_off_is_a_no_op():
         assert replicas == 1 and accel.replicas() == 1
 
 
-def test_imports_need_no_tensorflow():
+def test_imports_need_no_tensorflow(run_python):
     """A GPU host has JAX and PyTorch only: importing the packages (training code included) must not need TF."""
     code = (
         "import sys\n"
@@ -133,9 +129,5 @@ def test_imports_need_no_tensorflow():
         "import lm.accel, lm.model, lm.training, lm.cli, captioner.decoder, captioner.training, captioner.cli\n"
         "assert 'tensorflow' not in sys.modules\n"
         "print('ok')\n")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    if "No module named 'jax'" in proc.stderr:
-        pytest.skip("JAX is not installed")
+    proc = run_python(code, "jax", JAX_PLATFORMS="cpu")
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

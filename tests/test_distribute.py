@@ -216,14 +216,10 @@ def test_tensorflow_mirrored_strategy(children):
     _check_common(r)
 
 
-def test_torch_distribute_is_a_one_line_error(tmp_path):
+def test_torch_distribute_is_a_one_line_error(run_python):
     code = ("import sys\nfrom lm.accel import distribution\nfrom lm.errors import UserError\n"
             "try:\n    with distribution(True):\n        pass\nexcept UserError as e:\n    print(e); sys.exit(0)\n"
             "sys.exit(1)")
-    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    if "No module named 'torch'" in proc.stderr:
-        pytest.skip("PyTorch is not installed")
+    proc = run_python(code, "torch", CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "JAX or TensorFlow" in proc.stdout

@@ -12,14 +12,10 @@ The checks are plain functions so the JAX child can run the very same code.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EOS, BOS = 3, 2
 
 # Toy vocabulary: 0 <pad>, 1 <unk>, 2 <bos>, 3 <eos>, 4 a, 5 b, 6 c, 7 d.
@@ -209,14 +205,12 @@ def test_no_attention_decoder_returns_zero_attention():
     assert alphas.shape == (3, 5, 9) and not alphas.any()
 
 
-def test_search_checks_on_jax():
+def test_search_checks_on_jax(run_python):
     """Width 1 = greedy and the length normalisation under KERAS_BACKEND=jax, in a child process (the backend is
     chosen at import). Eager JAX dispatches op by op, so the child runs the quick variants only."""
     pytest.importorskip("jax")
     code = ("import sys; sys.path.insert(0, 'tests'); import keras; assert keras.backend.backend() == 'jax'; "
             "import test_search as t; t.check_beam_width_one_is_greedy(quick=True); t.check_length_normalisation(); "
             "print('OK')")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_python(code, "jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
