@@ -5,6 +5,7 @@
   captioner train DATA --out DIR [--task caption|vqa] [--backbone NAME] [--weights W] [--epochs N] ...
   captioner evaluate DATA [--model DIR] [--split test] [--json]
   captioner export OUT_DIR [--model DIR] [--beam K]
+  captioner serve [--model DIR] [--vqa-model DIR] [--host 127.0.0.1] [--port 8501] [--max-batch N] ...
   captioner scenes OUT_DIR [--images N] [--seed S]
   captioner demo [--out DIR]
 
@@ -114,6 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["caption", "vqa"], default="caption",
                    help="which bundled model when --model is omitted")
     p.add_argument("--beam", type=int, default=3, help="beam width fixed in the exported graph")
+
+    p = sub.add_parser("serve", help="web page and HTTP API (TF Serving's REST format) for captions and answers",
+                       description="Serves a web page at / (drop an image: caption, per-word attention, questions) "
+                                   "and TF Serving's REST API: POST /v1/models/captioner:predict and "
+                                   "/v1/models/vqa:predict with {\"instances\": [{\"b64\": ...}]}, GET "
+                                   "/v1/models/NAME for the status. Concurrent requests are batched into one model "
+                                   "call. Needs the [serve] extra.")
+    p.add_argument("--model", default=None, help="captioner folder (default: the bundled scenes captioner)")
+    p.add_argument("--vqa-model", default=None,
+                   help="VQA model folder, or none to serve captions only (default: the bundled scenes VQA model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501, TF Serving's REST port; 0 = any free)")
+    p.add_argument("--max-batch", type=int, default=16, help="most images per model call (default 16; 1 = no batching)")
+    p.add_argument("--batch-timeout-ms", type=float, default=10.0,
+                   help="longest wait for more requests before a partial batch runs (default 10)")
+    p.add_argument("--beam", type=int, default=3, help="beam width for captions (default 3, as captioner caption)")
+    p.add_argument("--max-body", type=float, default=20.0, metavar="MB",
+                   help="largest request body in megabytes; larger ones get HTTP 413 (default 20)")
+    p.add_argument("--access-log", action="store_true", help="log every request on stderr (default off)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON line {"url", "host", "port", "models", ...} when ready, instead of text')
 
     p = sub.add_parser("scenes", help="generate synthetic scenes (images, captions, questions)")
     p.add_argument("out_dir")
@@ -277,6 +300,11 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from captioner.serve.server import serve_command
+    return serve_command(a)
+
+
 def cmd_scenes(a) -> int:
     from captioner.scenes import scenes_command
     if a.images < 1:
@@ -291,7 +319,7 @@ def cmd_demo(a) -> int:
 
 
 COMMANDS = {"caption": cmd_caption, "ask": cmd_ask, "train": cmd_train, "evaluate": cmd_evaluate,
-            "export": cmd_export, "scenes": cmd_scenes, "demo": cmd_demo}
+            "export": cmd_export, "serve": cmd_serve, "scenes": cmd_scenes, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,190 @@
+"""Everything the server needs from the models, behind one small adapter: image bytes in, JSON-ready dicts out.
+
+The HTTP layer (captioner.serve.app) knows nothing about Keras; it calls, per model,
+
+    service.prepare(instance) -> prepared      one request instance (bytes [+ question]) -> decoded input; raises
+                                               ImageError / ValueError with a one-line reason (the request gets 400)
+    service.predict([prepared, ...]) -> [dict]  one batched model call (run in a worker thread by the batcher)
+
+The fields of each prediction are the outputs of the SavedModel signature that `captioner export` writes for that
+model (see captioner.export), so a client written for TF Serving hosting that export reads our answers unchanged:
+
+    captioner: captions (str), scores (float), attention (T x H x W, zero rows after the caption), lengths (int),
+               errors ("": a bad image is refused with HTTP 400 before it reaches the model)
+    vqa:       answers (str), scores (float), attention (H x W), errors ("")
+
+plus, where the model provides them, `domain_score` and `out_of_domain` (the out-of-domain score of issue 11), and
+for VQA `unknown_words` (question words the model never saw, read as <unk>).
+
+Captions come from captioner.model.caption_files and answers from the same forward pass as
+captioner.vqa.answer_questions, so the server's captions equal `captioner caption`'s for the same images and beam
+width. When captioner.api (issue 11: `Captioner.load(path).caption(images, beam=3)`, `VQA.load(path).ask(...)`)
+lands, only `_caption_rows` / `_answer_rows` below need to call it instead; the rest of the server is unchanged.
+
+Example:
+    >>> service = CaptionService.load(None, beam_width=3)
+    >>> service.predict([service.prepare({"images": open("cat.jpg", "rb").read()})])[0]["captions"]
+    'a red circle above a blue square'
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lm.errors import UserError
+
+#: Outputs of the exported captioner signature (captioner.export.export_captioner), in its order.
+CAPTION_OUTPUTS = ("captions", "scores", "attention", "lengths", "errors")
+#: Outputs of the exported VQA signature (captioner.export.export_vqa), in its order.
+VQA_OUTPUTS = ("answers", "scores", "attention", "errors")
+#: Optional fields passed through when the model reports them.
+DOMAIN_FIELDS = ("domain_score", "out_of_domain")
+
+_DECIMALS = 6  # attention weights are rounded to this many decimals in JSON (they are float32 anyway)
+
+
+def _decode(service, data: bytes) -> np.ndarray:
+    """Image file bytes -> uint8 (h, w, 3) at the model's input size, exactly as captioner.images.load_images does
+    (same decoder, same JPEG draft size, same resize), so the model sees the pixels `captioner caption` feeds it."""
+    from captioner.images import decode_image, resize_image
+    height, width = service.loaded.image_size
+    pixels = decode_image(bytes(data), min_size=max(height, width))
+    return resize_image(pixels, (height, width), service.loaded.resize_policy)
+
+
+def _domain(result: dict) -> dict:
+    """The out-of-domain fields of a model result, when it has them (JSON-ready)."""
+    out = {}
+    if result.get("domain_score") is not None:
+        out["domain_score"] = float(result["domain_score"])
+    if result.get("out_of_domain") is not None:
+        out["out_of_domain"] = bool(result["out_of_domain"])
+    return out
+
+
+class CaptionService:
+    """The captioner behind the server: `name`, `inputs`, `outputs`, `prepare`, `predict`, `info`.
+
+    Args:
+        loaded: a caption model folder from captioner.model.load_model_dir(..., task="caption").
+        beam_width: beam width (as `captioner caption --beam`).
+        max_length: longest caption in steps; default the folder's config "max_length" (else 20).
+    """
+
+    name = "captioner"
+    inputs = ("images",)
+    outputs = CAPTION_OUTPUTS
+
+    def __init__(self, loaded, beam_width: int = 3, max_length: int | None = None):
+        self.loaded = loaded
+        self.beam_width = int(beam_width)
+        self.max_length = int(max_length or loaded.config.get("max_length", 20))
+
+    @classmethod
+    def load(cls, directory=None, beam_width: int = 3) -> "CaptionService":
+        """Reads a caption model folder (None = the bundled one); raises UserError with one line if it cannot."""
+        from captioner.model import load_model_dir
+        return cls(load_model_dir(directory, task="caption"), beam_width=beam_width)
+
+    def prepare(self, instance: dict) -> np.ndarray:
+        """{"images": bytes} -> uint8 (h, w, 3); raises captioner.images.ImageError for bytes that are no image."""
+        return _decode(self, instance["images"])
+
+    def predict(self, batch: list) -> list[dict]:
+        """Prepared images -> one prediction per image (fields: see the module docstring). One model call."""
+        return [self._row(r) for r in self._caption_rows(batch)]
+
+    def _caption_rows(self, batch: list) -> list[dict]:
+        from captioner.model import caption_files
+        rows = caption_files(self.loaded, list(batch), beam_width=self.beam_width, max_length=self.max_length,
+                             batch_size=max(1, len(batch)))
+        for r in rows:
+            if "error" in r:  # cannot happen for prepared arrays; never answer a bad row silently
+                raise RuntimeError(r["error"])
+        return rows
+
+    def _row(self, r: dict) -> dict:
+        attention = np.asarray(r["attention"], np.float32)  # (rows, h', w'): the words, then the <eos> step
+        grid_h, grid_w, _ = self.loaded.model.grid
+        padded = np.zeros((self.max_length, grid_h, grid_w), np.float32)  # (T, h', w') as the exported signature
+        padded[: len(attention)] = attention[: self.max_length]
+        return {"captions": r["caption"], "scores": float(r["score"]),
+                "attention": np.round(padded, _DECIMALS).tolist(), "lengths": len(r["words"]), "errors": "",
+                **_domain(r)}
+
+    def info(self) -> dict:
+        """What the web page and the metadata route show about this model."""
+        grid_h, grid_w, _ = self.loaded.model.grid
+        return {"task": "caption", "directory": self.loaded.directory, "beam_width": self.beam_width,
+                "max_length": self.max_length, "image_size": list(self.loaded.image_size), "grid": [grid_h, grid_w],
+                "backbone": self.loaded.model.backbone_name}
+
+
+class VQAService:
+    """The VQA model behind the server: `prepare` takes {"images": bytes, "questions": str}.
+
+    Args:
+        loaded: a VQA model folder from captioner.model.load_model_dir(..., task="vqa").
+    """
+
+    name = "vqa"
+    inputs = ("images", "questions")
+    outputs = VQA_OUTPUTS
+
+    def __init__(self, loaded):
+        from captioner.vqa import MAX_QUESTION_LENGTH
+        if not loaded.answers:
+            raise UserError(f"{loaded.directory}: answers.json is missing or empty")
+        self.loaded = loaded
+        self.max_words = int(loaded.config.get("max_question_length", MAX_QUESTION_LENGTH))
+
+    @classmethod
+    def load(cls, directory=None) -> "VQAService":
+        """Reads a VQA model folder (None = the bundled one); raises UserError with one line if it cannot."""
+        from captioner.model import load_model_dir
+        return cls(load_model_dir(directory, task="vqa"))
+
+    def prepare(self, instance: dict) -> tuple[np.ndarray, str]:
+        """{"images": bytes, "questions": str} -> (uint8 (h, w, 3), question); raises ValueError for an empty
+        question and captioner.images.ImageError for bytes that are no image."""
+        from lm.text import tokenize
+        question = instance["questions"]
+        if not tokenize(question):
+            raise ValueError('"questions" is empty; ask something, e.g. "what color is the circle"')
+        return _decode(self, instance["images"]), question
+
+    def predict(self, batch: list) -> list[dict]:
+        """(image, question) pairs -> one prediction per pair. One forward pass for the whole batch."""
+        return [self._row(r) for r in self._answer_rows(batch)]
+
+    def _answer_rows(self, batch: list) -> list[dict]:
+        """The forward pass of captioner.vqa.answer_questions, for many (image, question) pairs at once."""
+        from captioner.vqa import _predict, _softmax, encode_questions
+        from lm.text import tokenize
+        if not batch:
+            return []
+        images = np.stack([image for image, _ in batch])  # (B, h, w, 3) uint8
+        questions = [q for _, q in batch]
+        ids = encode_questions(questions, self.loaded.vocab, self.max_words)  # (B, T)
+        logits, alpha = _predict(self.loaded.model, images, np.arange(len(batch)), ids, batch_size=len(batch),
+                                 return_attention=True)  # (B, K), (B, P)
+        probs = _softmax(logits)
+        grid_h, grid_w, _ = self.loaded.model.grid
+        rows = []
+        for i, question in enumerate(questions):
+            k = int(np.argmax(probs[i]))
+            unknown = [w for w in tokenize(question)[: self.max_words] if w not in self.loaded.vocab]
+            rows.append({"answer": self.loaded.answers[k], "score": float(probs[i, k]),
+                         "attention": alpha[i].reshape(grid_h, grid_w), "unknown_words": unknown})
+        return rows
+
+    def _row(self, r: dict) -> dict:
+        return {"answers": r["answer"], "scores": float(r["score"]),
+                "attention": np.round(np.asarray(r["attention"], np.float32), _DECIMALS).tolist(), "errors": "",
+                **_domain(r), "unknown_words": list(r["unknown_words"])}
+
+    def info(self) -> dict:
+        grid_h, grid_w, _ = self.loaded.model.grid
+        return {"task": "vqa", "directory": self.loaded.directory, "answers": list(self.loaded.answers),
+                "max_question_length": self.max_words, "image_size": list(self.loaded.image_size),
+                "grid": [grid_h, grid_w], "backbone": self.loaded.model.backbone_name}

@@ -1,0 +1,177 @@
+// The captioner page: upload or drop an image, show the caption with each word's attention, answer questions.
+// Talks to the same TF Serving-style API as any client (POST /v1/models/NAME:predict); loads nothing from elsewhere.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { b64: null, image: null, words: [], attention: [], locked: -1, answerAttention: null };
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function predict(model, instances) {
+  let response;
+  try {
+    response = await fetch(`/v1/models/${model}:predict`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ instances }),
+    });
+  } catch (e) {
+    throw new Error(`cannot reach the server (${e.message}); is captioner serve still running?`);
+  }
+  let body = null;
+  try { body = await response.json(); } catch (e) { /* not JSON: use the status below */ }
+  if (!response.ok) throw new Error((body && body.error) || `the server answered HTTP ${response.status}`);
+  return body.predictions[0];
+}
+
+// Draws the image on the canvas and, when `grid` (rows of attention weights) is given, darkens the places the model
+// did not look at: brightness follows the weight, scaled so the strongest cell is fully lit.
+function draw(canvas, grid) {
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!state.image) return;
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(state.image, 0, 0, canvas.width, canvas.height);
+  if (!grid || !grid.length) return;
+  const rows = grid.length, cols = grid[0].length;
+  const max = Math.max(...grid.flat(), 1e-9);
+  const cells = document.createElement("canvas");
+  cells.width = cols; cells.height = rows;
+  const pixels = cells.getContext("2d").createImageData(cols, rows);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const i = 4 * (r * cols + c);
+      pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = 0;
+      pixels.data[i + 3] = Math.round(255 * 0.8 * (1 - grid[r][c] / max));
+    }
+  }
+  cells.getContext("2d").putImageData(pixels, 0, 0);
+  ctx.drawImage(cells, 0, 0, canvas.width, canvas.height);  // smoothed upscaling of the grid
+}
+
+function showWord(index) {
+  draw($("caption-canvas"), index >= 0 ? state.attention[index] : null);
+  document.querySelectorAll("#caption .word").forEach((el, i) => el.classList.toggle("active", i === index));
+}
+
+function showOutOfDomain(prediction) {
+  if (prediction.out_of_domain === undefined) return;
+  const away = Boolean(prediction.out_of_domain);
+  $("ood").hidden = !away;
+  if (away && typeof prediction.domain_score === "number") {
+    $("ood-text").textContent = `Its caption and answers are probably wrong (domain score ${prediction.domain_score.toFixed(2)}).`;
+  }
+}
+
+async function caption() {
+  $("caption").textContent = "captioning\u2026";
+  $("caption-meta").textContent = "";
+  const p = await predict("captioner", [{ b64: state.b64 }]);
+  state.words = p.captions ? p.captions.split(" ") : [];
+  state.attention = p.attention.slice(0, state.words.length);
+  state.locked = -1;
+  const line = $("caption");
+  line.textContent = "";
+  state.words.forEach((word, i) => {
+    const el = document.createElement("button");
+    el.type = "button";
+    el.className = "word";
+    el.textContent = word;
+    el.addEventListener("mouseenter", () => showWord(i));
+    el.addEventListener("focus", () => showWord(i));
+    el.addEventListener("mouseleave", () => showWord(state.locked));
+    el.addEventListener("click", () => { state.locked = state.locked === i ? -1 : i; showWord(state.locked); });
+    line.append(el, " ");
+  });
+  if (!state.words.length) line.textContent = "(no caption)";
+  $("caption-meta").textContent = `score ${p.scores.toFixed(3)} (mean log-probability per word)`;
+  showOutOfDomain(p);
+  document.body.dataset.captioned = "yes";
+}
+
+async function ask(event) {
+  event.preventDefault();
+  const question = $("question").value.trim();
+  if (!question || !state.b64) return;
+  $("ask").disabled = true;
+  $("answer").textContent = "\u2026";
+  $("answer-meta").textContent = "";
+  $("unknown").hidden = true;
+  try {
+    const p = await predict("vqa", [{ images: { b64: state.b64 }, questions: question }]);
+    showError("");
+    $("answer").textContent = p.answers;
+    $("answer-meta").textContent = `(probability ${p.scores.toFixed(2)})`;
+    state.answerAttention = p.attention;
+    draw($("answer-canvas"), p.attention);
+    if (p.unknown_words && p.unknown_words.length) {
+      $("unknown").textContent = `The model never saw these words: ${p.unknown_words.join(", ")}; the answer is a guess.`;
+      $("unknown").hidden = false;
+    }
+    showOutOfDomain(p);
+  } catch (e) {
+    $("answer").textContent = "";
+    showError(e.message);
+  } finally {
+    $("ask").disabled = false;
+  }
+}
+
+function readFile(file) {
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onerror = () => showError(`cannot read ${file.name}`);
+  reader.onload = () => {
+    const url = reader.result;
+    state.b64 = url.slice(url.indexOf(",") + 1);
+    delete document.body.dataset.captioned;
+    showError("");
+    $("ood").hidden = true;
+    $("answer").textContent = "";
+    $("answer-meta").textContent = "";
+    $("unknown").hidden = true;
+    state.answerAttention = null;
+    const image = new Image();
+    image.onload = () => {
+      state.image = image;
+      $("results").hidden = false;
+      draw($("caption-canvas"), null);
+      draw($("answer-canvas"), null);
+    };
+    image.onerror = () => { state.image = null; };  // the browser cannot show it (e.g. TIFF); the model may read it
+    image.src = url;
+    $("results").hidden = false;
+    caption().catch((e) => { $("caption").textContent = ""; showError(e.message); });
+  };
+  reader.readAsDataURL(file);
+}
+
+async function describeModels() {
+  const lines = [];
+  for (const name of ["captioner", "vqa"]) {
+    try {
+      const response = await fetch(`/v1/models/${name}/metadata`);
+      if (!response.ok) { if (name === "vqa") $("vqa-card").hidden = true; continue; }
+      const info = (await response.json()).info || {};
+      lines.push(name === "captioner"
+        ? `captioner: ${info.backbone}, beam ${info.beam_width}`
+        : `VQA: ${info.backbone}, ${info.answers.length} answers`);
+    } catch (e) { /* the page still works; the status line just stays short */ }
+  }
+  $("models").textContent = lines.join(" \u00b7 ") || "no model information";
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("file").addEventListener("change", (e) => readFile(e.target.files[0]));
+  $("ask-form").addEventListener("submit", ask);
+  const drop = $("drop");
+  for (const type of ["dragenter", "dragover"]) {
+    document.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    document.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  document.addEventListener("drop", (e) => readFile(e.dataTransfer.files[0]));
+  describeModels();
+});
