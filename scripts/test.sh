@@ -16,4 +16,15 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     echo "== no local PyTorch wheel: the torch-backend smoke tests will be skipped"
   fi
 fi
+# The web page's browser test drives Debian's headless Chromium; install it when missing and apt-get can (root).
+if ! command -v chromedriver >/dev/null 2>&1 || ! { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium and chromium-driver for the browser test (apt-get; log in .venv/apt.log)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver; } >.venv/apt.log 2>&1 ||
+      echo "== could not install chromium (see .venv/apt.log): the browser test will be skipped"
+  else
+    echo "== chromium/chromium-driver missing and apt-get needs root: the browser test will be skipped"
+  fi
+fi
 exec "$VPY" -m pytest -q -p no:cacheprovider "$@"

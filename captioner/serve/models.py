@@ -117,7 +117,7 @@ class CaptionService:
         grid_h, grid_w, _ = self.loaded.model.grid
         return {"task": "caption", "directory": self.loaded.directory, "beam_width": self.beam_width,
                 "max_length": self.max_length, "image_size": list(self.loaded.image_size), "grid": [grid_h, grid_w],
-                "backbone": self.loaded.model.backbone_name}
+                "resize_policy": self.loaded.resize_policy, "backbone": self.loaded.model.backbone_name}
 
 
 class VQAService:
@@ -187,4 +187,5 @@ class VQAService:
         grid_h, grid_w, _ = self.loaded.model.grid
         return {"task": "vqa", "directory": self.loaded.directory, "answers": list(self.loaded.answers),
                 "max_question_length": self.max_words, "image_size": list(self.loaded.image_size),
-                "grid": [grid_h, grid_w], "backbone": self.loaded.model.backbone_name}
+                "grid": [grid_h, grid_w], "resize_policy": self.loaded.resize_policy,
+                "backbone": self.loaded.model.backbone_name}

@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { b64: null, image: null, words: [], attention: [], locked: -1, answerAttention: null };
+const state = { b64: null, image: null, words: [], attention: [], locked: -1, answerAttention: null,
+                models: {} };  // models: name -> {image_size, resize_policy}, from /v1/models/NAME/metadata
 
 function showError(message) {
   $("error").textContent = message;
@@ -25,13 +26,32 @@ async function predict(model, instances) {
   return body.predictions[0];
 }
 
-// Draws the image on the canvas and, when `grid` (rows of attention weights) is given, darkens the places the model
-// did not look at: brightness follows the weight, scaled so the strongest cell is fully lit.
-function draw(canvas, grid) {
+// The part of the picture the model's input covers, in canvas pixels: the whole picture for "stretch", the middle
+// for "center_crop", a box reaching past the picture for "pad" (its black borders). The attention grid maps onto it.
+function modelRegion(canvas, model) {
+  const info = state.models[model] || {};
+  const [th, tw] = info.image_size || [1, 1];
+  const policy = info.resize_policy || "stretch";
+  const W = canvas.width, H = canvas.height, target = tw / th, actual = W / H;
+  if (policy === "center_crop") {
+    return actual > target ? [(W - H * target) / 2, 0, H * target, H] : [0, (H - W / target) / 2, W, W / target];
+  }
+  if (policy === "pad") {
+    return actual > target ? [0, (H - W / target) / 2, W, W / target] : [(W - H * target) / 2, 0, H * target, H];
+  }
+  return [0, 0, W, H];
+}
+
+// Draws the picture (its own aspect ratio, at most 320 pixels a side) and, when `grid` (rows of attention weights)
+// is given, darkens the places the model did not look at: brightness follows the weight, scaled so the strongest
+// cell is fully lit.
+function draw(canvas, grid, model) {
   const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  if (!state.image) return;
-  ctx.imageSmoothingEnabled = true;
+  if (!state.image) { ctx.clearRect(0, 0, canvas.width, canvas.height); return; }
+  const scale = 320 / Math.max(state.image.naturalWidth, state.image.naturalHeight);
+  canvas.width = Math.max(1, Math.round(state.image.naturalWidth * scale));
+  canvas.height = Math.max(1, Math.round(state.image.naturalHeight * scale));
+  ctx.imageSmoothingEnabled = scale < 2;  // a tiny picture (a 64-pixel scene) is shown with crisp pixels
   ctx.drawImage(state.image, 0, 0, canvas.width, canvas.height);
   if (!grid || !grid.length) return;
   const rows = grid.length, cols = grid[0].length;
@@ -47,11 +67,13 @@ function draw(canvas, grid) {
     }
   }
   cells.getContext("2d").putImageData(pixels, 0, 0);
-  ctx.drawImage(cells, 0, 0, canvas.width, canvas.height);  // smoothed upscaling of the grid
+  ctx.imageSmoothingEnabled = true;  // smooth upscaling of the grid
+  const [x, y, w, h] = modelRegion(canvas, model);
+  ctx.drawImage(cells, x, y, w, h);
 }
 
 function showWord(index) {
-  draw($("caption-canvas"), index >= 0 ? state.attention[index] : null);
+  draw($("caption-canvas"), index >= 0 ? state.attention[index] : null, "captioner");
   document.querySelectorAll("#caption .word").forEach((el, i) => el.classList.toggle("active", i === index));
 }
 
@@ -104,7 +126,7 @@ async function ask(event) {
     $("answer").textContent = p.answers;
     $("answer-meta").textContent = `(probability ${p.scores.toFixed(2)})`;
     state.answerAttention = p.attention;
-    draw($("answer-canvas"), p.attention);
+    draw($("answer-canvas"), p.attention, "vqa");
     if (p.unknown_words && p.unknown_words.length) {
       $("unknown").textContent = `The model never saw these words: ${p.unknown_words.join(", ")}; the answer is a guess.`;
       $("unknown").hidden = false;
@@ -154,6 +176,7 @@ async function describeModels() {
       const response = await fetch(`/v1/models/${name}/metadata`);
       if (!response.ok) { if (name === "vqa") $("vqa-card").hidden = true; continue; }
       const info = (await response.json()).info || {};
+      state.models[name] = info;
       lines.push(name === "captioner"
         ? `captioner: ${info.backbone}, beam ${info.beam_width}`
         : `VQA: ${info.backbone}, ${info.answers.length} answers`);
