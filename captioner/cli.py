@@ -122,16 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "/v1/models/vqa:predict with {\"instances\": [{\"b64\": ...}]}, GET "
                                    "/v1/models/NAME for the status. Concurrent requests are batched into one model "
                                    "call. Needs the [serve] extra.")
-    p.add_argument("--model", default=None, help="captioner folder (default: the bundled scenes captioner)")
-    p.add_argument("--vqa-model", default=None,
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="captioner folder (default: the bundled scenes captioner)")
+    p.add_argument("--vqa-model", default=None, metavar="DIR",
                    help="VQA model folder, or none to serve captions only (default: the bundled scenes VQA model)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
-    p.add_argument("--port", type=int, default=8501, help="port (default 8501, TF Serving's REST port; 0 = any free)")
-    p.add_argument("--max-batch", type=int, default=16, help="most images per model call (default 16; 1 = no batching)")
-    p.add_argument("--batch-timeout-ms", type=float, default=10.0,
+    p.add_argument("--port", type=int, default=8501, metavar="N",
+                   help="port (default 8501, TF Serving's REST port; 0 = any free)")
+    p.add_argument("--max-batch", type=int, default=16, metavar="N",
+                   help="most images per model call (default 16; 1 = no batching)")
+    p.add_argument("--batch-timeout-ms", type=float, default=10.0, metavar="MS",
                    help="longest wait for more requests before a partial batch runs (default 10)")
-    p.add_argument("--beam", type=int, default=3, help="beam width for captions (default 3, as captioner caption)")
+    p.add_argument("--beam", type=int, default=3, metavar="K",
+                   help="beam width for captions (default 3, as captioner caption)")
     p.add_argument("--max-body", type=float, default=20.0, metavar="MB",
                    help="largest request body in megabytes; larger ones get HTTP 413 (default 20)")
     p.add_argument("--access-log", action="store_true", help="log every request on stderr (default off)")

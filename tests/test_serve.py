@@ -53,7 +53,7 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def services():
     from captioner.serve.server import load_services
-    return load_services(None, None, beam=3)
+    return load_services(None, None, beam=3, warm_up=False)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,8 @@ def test_bad_requests_get_a_json_error_naming_the_problem(client, photos):
         assert (r.status_code, r.headers["content-type"]) == (status, "application/json"), (body, r.text)
         error = r.json()["error"]
         assert words in error and "\n" not in error, (words, error)
+    r = client.get("/v1/models/captioner:predict")
+    assert r.status_code == 405 and "takes POST" in r.json()["error"]
     r = client.post("/v1/models/captioner:classify", json={"examples": []})
     assert r.status_code == 400 and "not supported" in r.json()["error"]
     # Nothing above broke the server: a good request is still answered.

@@ -28,11 +28,12 @@ import binascii
 import importlib.resources
 import json
 import logging
+import os
 import re
 import sys
 
+import anyio
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -261,6 +262,8 @@ def create_app(services: dict, max_batch: int = 16, batch_timeout_ms: float = 10
     batchers = {name: DynamicBatcher(service.predict, max_batch=max_batch, timeout_s=batch_timeout_ms / 1000.0,
                                      name=name) for name, service in services.items()}
 
+    decoders = anyio.CapacityLimiter(max(2, min(8, os.cpu_count() or 2)))
+
     def find(name: str, version: str | None, label: str | None):
         if name not in services or (version is not None and version != VERSION) or label is not None:
             what = f"Latest({name})" if version is None and label is None else f"{name} version {version or label}"
@@ -272,6 +275,8 @@ def create_app(services: dict, max_batch: int = 16, batch_timeout_ms: float = 10
     async def model_get(request: Request) -> Response:
         match = _STATUS.match(request.path_params["target"])
         if not match:
+            if _PREDICT.match(request.path_params["target"]):
+                raise RequestError(f"{request.url.path} takes POST with a JSON body, not GET", 405)
             raise RequestError(f"unknown route {request.url.path}", 404)
         service = find(match["name"], match["version"], match["label"])
         return JSONResponse(_metadata_body(match["name"], service) if match["metadata"] else _status_body())
@@ -286,7 +291,8 @@ def create_app(services: dict, max_batch: int = 16, batch_timeout_ms: float = 10
                                f"POST /v1/models/{match['name']}:predict")
         body = await read_body(request, max_body)
         instances, columnar = parse_predict(body, service)
-        prepared = await run_in_threadpool(_prepare_all, service, instances)
+        # Decoding runs in worker threads, a few at a time: a burst of large uploads cannot decode all at once.
+        prepared = await anyio.to_thread.run_sync(_prepare_all, service, instances, limiter=decoders)
         try:
             predictions = await batchers[match["name"]].submit(prepared)
         except QueueFull as e:

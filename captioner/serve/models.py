@@ -52,6 +52,12 @@ def _decode(service, data: bytes) -> np.ndarray:
     return resize_image(pixels, (height, width), service.loaded.resize_policy)
 
 
+def _rounded(array) -> list:
+    """float32 array -> nested lists of short decimals (rounded in float64, so JSON shows 0.012345, not
+    0.012344999704509974)."""
+    return np.round(np.asarray(array, np.float64), _DECIMALS).tolist()
+
+
 def _domain(result: dict) -> dict:
     """The out-of-domain fields of a model result, when it has them (JSON-ready)."""
     out = {}
@@ -109,7 +115,7 @@ class CaptionService:
         padded = np.zeros((self.max_length, grid_h, grid_w), np.float32)  # (T, h', w') as the exported signature
         padded[: len(attention)] = attention[: self.max_length]
         return {"captions": r["caption"], "scores": float(r["score"]),
-                "attention": np.round(padded, _DECIMALS).tolist(), "lengths": len(r["words"]), "errors": "",
+                "attention": _rounded(padded), "lengths": len(r["words"]), "errors": "",
                 **_domain(r)}
 
     def info(self) -> dict:
@@ -180,7 +186,7 @@ class VQAService:
 
     def _row(self, r: dict) -> dict:
         return {"answers": r["answer"], "scores": float(r["score"]),
-                "attention": np.round(np.asarray(r["attention"], np.float32), _DECIMALS).tolist(), "errors": "",
+                "attention": _rounded(r["attention"]), "errors": "",
                 **_domain(r), "unknown_words": list(r["unknown_words"])}
 
     def info(self) -> dict:

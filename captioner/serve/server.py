@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import socket
@@ -57,14 +58,14 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def load_services(model=None, vqa_model=None, beam: int = 3) -> dict:
-    """{"captioner": CaptionService[, "vqa": VQAService]}; vqa_model "none" leaves VQA out. Each model answers one
-    blank image once, so the first request does not pay for the first call's setup."""
+def load_services(model=None, vqa_model=None, beam: int = 3, warm_up: bool = True) -> dict:
+    """{"captioner": CaptionService[, "vqa": VQAService]}; vqa_model "none" leaves VQA out. With `warm_up` each model
+    answers one blank image once, so the first request does not pay for the first call's setup."""
     from captioner.serve.models import CaptionService, VQAService
     services = {"captioner": CaptionService.load(model, beam_width=beam)}
     if vqa_model is None or str(vqa_model).lower() != "none":  # "none": captions only
         services["vqa"] = VQAService.load(vqa_model)
-    for name, service in services.items():
+    for name, service in services.items() if warm_up else ():
         blank = np.zeros((*service.loaded.image_size, 3), np.uint8)
         service.predict([blank] if name == "captioner" else [(blank, "what is this")])
     return services
@@ -102,8 +103,10 @@ def serve_command(a) -> int:
         listed = ", ".join(f"{name} ({directory})" for name, directory in models.items())
         print(f"serving {listed}\n  web page: {url}\n  REST API: {url}v1/models/captioner:predict (TF Serving "
               f"format)\n  max batch {a.max_batch}, batch timeout {a.batch_timeout_ms} ms; Ctrl-C stops", flush=True)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for the ready line (--json)
     config = uvicorn.Config(app, log_level="info" if a.access_log else "warning", access_log=a.access_log,
-                            lifespan="off", timeout_graceful_shutdown=5)
+                            log_config=log_config, lifespan="off", timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
