@@ -154,6 +154,7 @@ function readFile(file) {
     $("answer-meta").textContent = "";
     $("unknown").hidden = true;
     state.answerAttention = null;
+    $("no-preview").hidden = true;
     const image = new Image();
     image.onload = () => {
       state.image = image;
@@ -161,7 +162,12 @@ function readFile(file) {
       draw($("caption-canvas"), null);
       draw($("answer-canvas"), null);
     };
-    image.onerror = () => { state.image = null; };  // the browser cannot show it (e.g. TIFF); the model may read it
+    image.onerror = () => {  // the browser cannot show it (e.g. TIFF); the server may read it all the same
+      state.image = null;
+      $("no-preview").hidden = false;
+      draw($("caption-canvas"), null);
+      draw($("answer-canvas"), null);
+    };
     image.src = url;
     $("results").hidden = false;
     caption().catch((e) => { $("caption").textContent = ""; showError(e.message); });
