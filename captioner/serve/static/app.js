@@ -4,7 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { b64: null, image: null, words: [], attention: [], locked: -1, answerAttention: null,
-                models: {} };  // models: name -> {image_size, resize_policy}, from /v1/models/NAME/metadata
+                models: {}, upload: 0 };
+// models: name -> {image_size, resize_policy, ...} from /v1/models/NAME/metadata; upload counts the pictures chosen,
+// so an answer that arrives after another picture was chosen is dropped.
 
 function showError(message) {
   $("error").textContent = message;
@@ -47,7 +49,8 @@ function modelRegion(canvas, model) {
 // cell is fully lit.
 function draw(canvas, grid, model) {
   const ctx = canvas.getContext("2d");
-  if (!state.image) { ctx.clearRect(0, 0, canvas.width, canvas.height); return; }
+  canvas.hidden = !state.image;
+  if (!state.image) return;
   const scale = 320 / Math.max(state.image.naturalWidth, state.image.naturalHeight);
   canvas.width = Math.max(1, Math.round(state.image.naturalWidth * scale));
   canvas.height = Math.max(1, Math.round(state.image.naturalHeight * scale));
@@ -89,7 +92,9 @@ function showOutOfDomain(prediction) {
 async function caption() {
   $("caption").textContent = "captioning\u2026";
   $("caption-meta").textContent = "";
+  const upload = state.upload;
   const p = await predict("captioner", [{ b64: state.b64 }]);
+  if (upload !== state.upload) return;  // another picture was chosen meanwhile
   state.words = p.captions ? p.captions.split(" ") : [];
   state.attention = p.attention.slice(0, state.words.length);
   state.locked = -1;
@@ -120,8 +125,10 @@ async function ask(event) {
   $("answer").textContent = "\u2026";
   $("answer-meta").textContent = "";
   $("unknown").hidden = true;
+  const upload = state.upload;
   try {
     const p = await predict("vqa", [{ images: { b64: state.b64 }, questions: question }]);
+    if (upload !== state.upload) return;
     showError("");
     $("answer").textContent = p.answers;
     $("answer-meta").textContent = `(probability ${p.scores.toFixed(2)})`;
@@ -147,6 +154,7 @@ function readFile(file) {
   reader.onload = () => {
     const url = reader.result;
     state.b64 = url.slice(url.indexOf(",") + 1);
+    state.upload += 1;
     delete document.body.dataset.captioned;
     showError("");
     $("ood").hidden = true;
@@ -154,6 +162,7 @@ function readFile(file) {
     $("answer-meta").textContent = "";
     $("unknown").hidden = true;
     state.answerAttention = null;
+    state.image = null;  // until the new picture has loaded
     $("no-preview").hidden = true;
     const image = new Image();
     image.onload = () => {
@@ -170,7 +179,12 @@ function readFile(file) {
     };
     image.src = url;
     $("results").hidden = false;
-    caption().catch((e) => { $("caption").textContent = ""; showError(e.message); });
+    const upload = state.upload;
+    caption().catch((e) => {
+      if (upload !== state.upload) return;
+      $("caption").textContent = "";
+      showError(e.message);
+    });
   };
   reader.readAsDataURL(file);
 }
