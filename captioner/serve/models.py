@@ -156,7 +156,8 @@ class VQAService:
         from lm.text import tokenize
         question = instance["questions"]
         if not tokenize(question):
-            raise ValueError('"questions" is empty; ask something, e.g. "what color is the circle"')
+            raise ValueError('"questions" has no words (empty, or symbols only); ask something, e.g. '
+                             '"what color is the circle"')
         return _decode(self, instance["images"]), question
 
     def predict(self, batch: list) -> list[dict]:
