@@ -85,7 +85,8 @@ function showOutOfDomain(prediction) {
   const away = Boolean(prediction.out_of_domain);
   $("ood").hidden = !away;
   if (away && typeof prediction.domain_score === "number") {
-    $("ood-text").textContent = `Its caption and answers are probably wrong (domain score ${prediction.domain_score.toFixed(2)}).`;
+    const score = prediction.domain_score.toFixed(2);
+    $("ood-text").textContent = `Its caption and answers are probably wrong (domain score ${score}).`;
   }
 }
 
@@ -135,7 +136,8 @@ async function ask(event) {
     state.answerAttention = p.attention;
     draw($("answer-canvas"), p.attention, "vqa");
     if (p.unknown_words && p.unknown_words.length) {
-      $("unknown").textContent = `The model never saw these words: ${p.unknown_words.join(", ")}; the answer is a guess.`;
+      const words = p.unknown_words.join(", ");
+      $("unknown").textContent = `The model never saw these words: ${words}; the answer is a guess.`;
       $("unknown").hidden = false;
     }
     showOutOfDomain(p);
