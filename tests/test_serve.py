@@ -82,6 +82,7 @@ def test_status_and_metadata_as_tf_serving(client):
     signature = client.get("/v1/models/captioner/metadata").json()["metadata"]["signature_def"]["signature_def"]
     assert list(signature["serving_default"]["inputs"]) == ["images"]
     assert list(signature["serving_default"]["outputs"]) == list(CAPTION_OUTPUTS)
+    assert "directory" not in client.get("/v1/models/captioner/metadata").json()["info"]  # no server paths
     signature = client.get("/v1/models/vqa/metadata").json()["metadata"]["signature_def"]["signature_def"]
     assert list(signature["serving_default"]["inputs"]) == ["images", "questions"]
     assert list(signature["serving_default"]["outputs"]) == list(VQA_OUTPUTS)
@@ -234,6 +235,28 @@ def test_the_page_is_offline_and_static_files_are_a_fixed_list(client):
                  "/etc/passwd"):
         r = client.get(path)
         assert r.status_code == 404 and "error" in r.json(), path
+
+
+def test_a_failing_model_gets_500_and_the_server_keeps_serving():
+    class Flaky:  # a stand-in whose first batch fails, as a model can (out of memory, a backend error)
+        name, inputs, outputs = "captioner", ("images",), CAPTION_OUTPUTS
+        calls = 0
+
+        def prepare(self, instance):
+            return instance["images"]
+
+        def predict(self, batch):
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise MemoryError("backend ran out of memory")
+            return [{"captions": "ok"} for _ in batch]
+
+    with TestClient(create_app({"captioner": Flaky()}), raise_server_exceptions=False) as c:
+        body = {"instances": [{"b64": b64(b"x")}]}
+        r = c.post("/v1/models/captioner:predict", json=body)
+        assert r.status_code == 500 and "MemoryError" in r.json()["error"] and "keeps running" in r.json()["error"]
+        r = c.post("/v1/models/captioner:predict", json=body)
+        assert r.status_code == 200 and r.json()["predictions"] == [{"captions": "ok"}]
 
 
 # ---- batching -----------------------------------------------------------------------------------------------------

@@ -237,7 +237,7 @@ def _metadata_body(name: str, service) -> dict:
                  "method_name": "tensorflow/serving/predict"}
     return {"model_spec": {"name": name, "signature_name": "", "version": VERSION},
             "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
-            "info": info}
+            "info": {k: v for k, v in info.items() if k != "directory"}}  # no server paths to clients
 
 
 def _columns(predictions: list[dict], service) -> dict:
