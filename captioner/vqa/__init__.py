@@ -36,10 +36,21 @@ Example:
     'red'
 """
 
-from captioner.vqa.answering import answer_questions, evaluate_vqa
 from captioner.vqa.data import answer_list, answer_targets, encode_questions
 from captioner.vqa.model import MAX_QUESTION_LENGTH, MODES, POSITIONS, VQAModel, build_vqa_model
-from captioner.vqa.training import train_vqa
+
+_LAZY = {"train_vqa": "captioner.vqa.training", "answer_questions": "captioner.vqa.answering",
+         "evaluate_vqa": "captioner.vqa.answering"}
+
+
+def __getattr__(name):
+    """train_vqa, answer_questions, evaluate_vqa: imported on first use, so that importing the model
+    (captioner.folders does) does not import the training code, which writes model folders."""
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'captioner.vqa' has no attribute {name!r}")
+
 
 __all__ = [
     "MODES",

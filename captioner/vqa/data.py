@@ -83,7 +83,7 @@ class _Batches(keras.utils.PyDataset):
         targets: None (inputs only) or one {answer id: score} per question.
         num_answers: K, the width of the dense targets.
         images_per_batch, questions_per_image: M and Q.
-        shuffle: new units and a new order every epoch.
+        shuffle: new units and a new order every epoch (set_epoch).
         seed: of the shuffling.
     """
 
@@ -93,11 +93,16 @@ class _Batches(keras.utils.PyDataset):
         self.images, self.image_index, self.questions = images, np.asarray(image_index), questions
         self.targets, self.num_answers = targets, num_answers
         self.m, self.q = max(1, int(images_per_batch)), max(1, int(questions_per_image))
-        self.shuffle = shuffle
-        self.rng = np.random.default_rng(seed)
+        self.shuffle, self.seed = shuffle, int(seed)
         self.by_image: dict[int, list[int]] = {}
         for row, image in enumerate(self.image_index):
             self.by_image.setdefault(int(image), []).append(row)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes the units and order of `epoch`: they depend only on (seed, epoch) (lm.data.EpochOrder), so a
+        resumed run sees the batches the uninterrupted run would have seen."""
+        self.rng = np.random.default_rng([self.seed, int(epoch)])
         self._make_units()
 
     def _make_units(self):
@@ -130,10 +135,6 @@ class _Batches(keras.utils.PyDataset):
                     y[r, a] = score
         weights = (slots >= 0).astype(np.float32)  # (M * Q,)
         return (images, questions, index), y, weights
-
-    def on_epoch_end(self):
-        if self.shuffle:
-            self._make_units()
 
 
 def _decode_images(paths: list[str], size, policy: str, verbose: int, what: str):

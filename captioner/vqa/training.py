@@ -11,51 +11,15 @@ import keras
 import numpy as np
 
 from captioner.backbones import backbone_spec
+from captioner.folders import model_files
 from captioner.vqa.answering import _predict_logits, _score
-from captioner.vqa.data import (_Batches, _check_int, _prepare, answer_list, answer_targets)
+from captioner.vqa.data import _Batches, _check_int, _prepare, answer_list, answer_targets
 from captioner.vqa.model import MAX_QUESTION_LENGTH, MODES, build_vqa_model
+from lm.checkpoint import BestEpoch, check_out_dir
+from lm.data import EpochOrder
 from lm.errors import UserError
 from lm.text import tokenize
 from lm.vocab import Vocabulary
-
-
-class _BestEpoch(keras.callbacks.Callback):
-    """Every epoch: validation VQA accuracy; saves the model folder when it improves and keeps those weights."""
-
-    def __init__(self, val, answers, save, verbose, images_per_batch, questions_per_image):
-        super().__init__()
-        self.val, self.answers, self.save, self.verbose = val, answers, save, verbose
-        self.grouping = (images_per_batch, questions_per_image)
-        self.best, self.best_epoch, self.best_weights, self.history = -math.inf, 0, None, []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        entry = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan")))}
-        if self.val is not None:
-            images, index, questions, examples = self.val
-            logits = _predict_logits(self.model, images, index, questions, *self.grouping)
-            accuracy = _score([self.answers[i] for i in np.argmax(logits, -1)], examples)["accuracy"]
-            entry["val_accuracy"] = accuracy
-            logs["val_accuracy"] = accuracy
-        else:
-            accuracy = -float(entry["loss"])  # no validation split: keep the lowest training loss
-        self.history.append(entry)
-        improved = accuracy > self.best
-        if improved:
-            self.best, self.best_epoch = accuracy, epoch + 1
-            self.best_weights = self.model.get_weights()
-            self.save()
-        if self.verbose and self.val is not None:
-            print(f"epoch {epoch + 1}: val VQA accuracy {100 * entry['val_accuracy']:.2f}%"
-                  f"{' (saved)' if improved else ''}", flush=True)
-
-
-def _save(out_dir, model, export, vocab, extra, answers):
-    """Writes the model folder from an uncompiled twin (a weights file without Adam's moments, a third the size)."""
-    from captioner.model import save_model_dir
-
-    export.set_weights(model.get_weights())
-    save_model_dir(out_dir, "vqa", export, vocab, extra=extra, answers=answers)
 
 
 def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: str = "small_cnn", weights=None,
@@ -65,8 +29,8 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
               train_split: str = "train", val_split: str = "val", seed: int = 0, verbose: int = 1,
               time_budget: float | None = None, max_steps: int | None = None,
               classifier_units: int | None = None, questions_per_image: int | None = None,
-              offsets: bool = True) -> dict:
-    """Trains a VQA model with Keras `fit` and writes a model folder (captioner.model.save_model_dir).
+              offsets: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
+    """Trains a VQA model with Keras `fit` and writes a model folder (captioner.folders).
 
     Images are decoded once into memory (uint8). Each epoch ends with VQA accuracy on `val_split`; the best epoch's
     weights are the ones written (without a validation split: the epoch of lowest training loss). The learning
@@ -91,6 +55,8 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         verbose: 0 silent, 1 progress bars and one line per epoch.
         time_budget: seconds; training stops after the epoch in which they run out.
         max_steps: stop after this many batches in all (smoke tests); None = whole epochs.
+        resume, overwrite: an `out_dir` holding a model is refused unless `overwrite` (train anew) or `resume`
+            (continue a killed run from its last finished epoch; lm.checkpoint.check_out_dir).
 
     Returns:
         A summary dict: out_dir, mode, train/val questions, answers (K), answer_coverage (share of training
@@ -103,7 +69,6 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         0.97
     """
     from captioner.datasets import load_vqa_dataset, split_examples
-    from lm.training import TimeBudgetCallback
 
     if mode not in MODES:
         raise UserError(f"unknown VQA mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -113,6 +78,7 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
     top_answers = _check_int("top_answers", top_answers, 1)
     if not lr or lr <= 0:
         raise UserError(f"lr must be positive, got {lr!r}")
+    resuming = check_out_dir(out_dir, resume, overwrite)
     start = time.perf_counter()
     keras.utils.set_random_seed(int(seed))
 
@@ -168,23 +134,33 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
     model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
 
-    os.makedirs(out_dir, exist_ok=True)
-    best = _BestEpoch(val_data, answers,
-                      lambda: _save(out_dir, model, export, vocab, extra, answers),
-                      verbose, max(per_batch, 16), questions_per_image)
-    callbacks = [best]
-    if time_budget:
-        callbacks.append(TimeBudgetCallback(float(time_budget), start))
+    def val_accuracy(logs):
+        if val_data is None:
+            return None  # no validation split: keep the epoch of lowest training loss
+        images, index, questions, examples = val_data
+        logits = _predict_logits(model, images, index, questions, max(per_batch, 16), questions_per_image)
+        return _score([answers[i] for i in np.argmax(logits, -1)], examples)["accuracy"]
+
+    def folder_files():  # from an uncompiled twin: a weights file without Adam's moments, a third the size
+        export.set_weights(model.get_weights())
+        return model_files("vqa", export, vocab, extra, answers)
+
+    best = BestEpoch(out_dir, folder_files, score=val_accuracy,
+                     monitor="val_accuracy" if val_data is not None else "loss",
+                     mode="max" if val_data is not None else "min", time_budget=time_budget, start=start,
+                     resume_model=model, resume_optimizer=model.optimizer, verbose=verbose)
+    done = best.resume() if resuming else 0
     fit_kwargs = {}
     fit_epochs = epochs
     if max_steps is not None:  # a few batches only: one short "epoch"
         fit_kwargs["steps_per_epoch"] = min(len(data), int(max_steps))
         fit_epochs = max(1, math.ceil(int(max_steps) / fit_kwargs["steps_per_epoch"]))
     fit_start = time.perf_counter()
-    model.fit(data, epochs=fit_epochs, verbose=verbose, callbacks=callbacks, **fit_kwargs)
+    if done < fit_epochs and not best.stopped:
+        model.fit(data, epochs=fit_epochs, initial_epoch=done, verbose=verbose, callbacks=[EpochOrder(data), best],
+                  **fit_kwargs)
+    best.finish()
     fit_seconds = time.perf_counter() - fit_start
-    if best.best_weights is not None:
-        model.set_weights(best.best_weights)
     seen = len(best.history) * len(train) if max_steps is None else min(len(train), int(max_steps) * batch_size)
     return {
         "out_dir": os.path.abspath(out_dir),
