@@ -20,7 +20,7 @@ import numpy as np
 from captioner.datasets import load_caption_dataset, split_examples
 from captioner.folders import model_files
 from captioner.model import ImageCaptioner
-from lm.accel import accelerated, jit_option
+from lm.accel import accelerated, cluster, jit_option
 from lm.checkpoint import BestEpoch, check_out_dir, write_model_folder
 from lm.data import EpochOrder
 from lm.errors import UserError
@@ -93,6 +93,16 @@ def _pairs(examples, vocab: Vocabulary, max_length: int):
     return np.asarray(index, "int64"), captions
 
 
+def _host_shard(examples, vocab: Vocabulary, max_length: int, hosts: int, rank: int):
+    """This process's share of a multi-host run: every `hosts`-th image from `rank` on (the process decodes and
+    extracts only these) and its (image, caption) pairs, cut to the count of the smallest shard so every process
+    runs the same number of steps. One host: everything. Returns (examples, image_index, captions)."""
+    shards = [examples[r::hosts] for r in range(hosts)]
+    smallest = min(sum(1 for e in shard for tokens in e.captions if tokens) for shard in shards)
+    index, captions = _pairs(shards[rank], vocab, max_length)
+    return shards[rank], index[:smallest], captions[:smallest]
+
+
 def decode_all(examples, image_size, policy, verbose=1) -> np.ndarray:
     """Decodes every example's image once into a uint8 array (N, h, w, 3), with a progress bar."""
     from captioner.images import load_images
@@ -154,8 +164,10 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
         if verbose:
             print(report)
 
-    train_index, train_caps = _pairs(train, vocab, max_length)
-    val_index, val_caps = _pairs(val, vocab, max_length) if val else (None, None)
+    hosts, rank = cluster() if distribute else (1, 0)
+    train, train_index, train_caps = _host_shard(train, vocab, max_length, hosts, rank)
+    val, val_index, val_caps = _host_shard(val, vocab, max_length, hosts, rank) if val else (val, None, None)
+    local_batch = batch_size // hosts  # --batch-size is global; each process feeds its share of every step
     train_images = decode_all(train, size, spec.policy, verbose)
     val_images = decode_all(val, size, spec.policy, verbose) if val else None
     if cache_features:
@@ -170,10 +182,12 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
 
     # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
     # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
-    fixed = int(math.ceil(max_length / 4) * 4) if keras.backend.backend() == "tensorflow" else None
-    train_batches = CaptionBatches(train_inputs, train_index, train_caps, batch_size, seed=seed, fixed_width=fixed,
-                                   drop_remainder=distribute)
-    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, batch_size, shuffle=False, fixed_width=fixed,
+    # Several hosts need one width too: every process's batch is one slice of the same global array.
+    fixed = (int(math.ceil(max_length / 4) * 4) if keras.backend.backend() == "tensorflow" or hosts > 1
+             else None)
+    train_batches = CaptionBatches(train_inputs, train_index, train_caps, local_batch, seed=seed,
+                                   fixed_width=fixed, drop_remainder=distribute)
+    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, local_batch, shuffle=False, fixed_width=fixed,
                                   drop_remainder=distribute)
                    if val else None)
     trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
@@ -194,7 +208,7 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history),
             "loss": [h.get("loss") for h in history], "val_loss": [h["val_loss"] for h in history] if val else None,
             "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "train_images": len(train),
-            "train_pairs": len(train_caps), "cached_features": bool(cache_features)}
+            "train_pairs": len(train_caps), "cached_features": bool(cache_features), "hosts": hosts}
 
 
 def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
