@@ -20,7 +20,7 @@ import numpy as np
 from captioner.datasets import load_caption_dataset, split_examples
 from captioner.folders import model_files
 from captioner.model import ImageCaptioner
-from lm.accel import accelerated, cluster, jit_option
+from lm.accel import accelerated, cluster, jit_option, worker_dataset
 from lm.checkpoint import BestEpoch, check_out_dir, write_model_folder
 from lm.data import EpochOrder
 from lm.errors import UserError
@@ -167,7 +167,10 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     hosts, rank = cluster() if distribute else (1, 0)
     train, train_index, train_caps = _host_shard(train, vocab, max_length, hosts, rank)
     val, val_index, val_caps = _host_shard(val, vocab, max_length, hosts, rank) if val else (val, None, None)
-    local_batch = batch_size // hosts  # --batch-size is global; each process feeds its share of every step
+    # --batch-size is global; each process feeds its share of every step. JAX takes that share as the batch;
+    # TensorFlow's strategy cuts it from a global-size batch of the worker's own shard (lm.accel.worker_dataset).
+    tf_workers = hosts > 1 and keras.backend.backend() == "tensorflow"
+    local_batch = batch_size if tf_workers else batch_size // hosts
     train_images = decode_all(train, size, spec.policy, verbose)
     val_images = decode_all(val, size, spec.policy, verbose) if val else None
     if cache_features:
@@ -190,6 +193,9 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     val_batches = (CaptionBatches(val_inputs, val_index, val_caps, local_batch, shuffle=False, fixed_width=fixed,
                                   drop_remainder=distribute)
                    if val else None)
+    if tf_workers:
+        train_batches = worker_dataset(train_batches)
+        val_batches = worker_dataset(val_batches) if val_batches is not None else None
     trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
                     jit_compile=jit_option(jit))
@@ -200,7 +206,7 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     done = checkpoint.resume() if resuming else 0
     if done < epochs and not checkpoint.stopped:
         trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, initial_epoch=done, verbose=verbose,
-                    callbacks=[EpochOrder(train_batches), checkpoint], steps_per_epoch=steps_per_epoch)
+                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), checkpoint], steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. a diverged run: keep the last epoch
         write_model_folder(out_dir, model_files("caption", model, vocab, extra))
     checkpoint.finish()

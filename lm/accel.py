@@ -138,11 +138,71 @@ def _jax_initialize():
         _INITIALIZED["jax"] = True
 
 
+def _patch_keras_multi_worker():
+    """Two places where Keras 3's TensorFlow trainer fails under MultiWorkerMirroredStrategy (seen with Keras
+    3.15 / TF 2.21), mended for this process: reducing the scalar logs of a step with `axis=0` (invalid for a
+    scalar: the mean over replicas is `axis=None`), and the symbolic build handing a whole (x, y) batch of
+    per-replica values to `strategy.reduce` (it takes one tensor; the build needs shapes only, so this replica's
+    slice serves)."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    reduce_per_replica = tf_trainer.reduce_per_replica
+
+    def reduce_scalars_too(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None) if tf_trainer._is_per_replica_instance(v) else v,
+                values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda x: (self.distribute_strategy.experimental_local_results(x)[0]
+                               if isinstance(x, tf.distribute.DistributedValues) else x), next(it))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    tf_trainer.reduce_per_replica = reduce_scalars_too
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+
+
+def worker_dataset(batches):
+    """A multi-worker TensorFlow run's input: this worker's own batches (a PyDataset of *global* batch size, cut
+    from its own shard) as a tf.data.Dataset that the strategy must not shard again (AutoShardPolicy.OFF); the
+    strategy splits each batch into per-replica slices, one step each, so every step takes `batch / workers` rows
+    of every worker's shard. The batches are read afresh (and `set_epoch` called) at each pass.
+
+    Example:
+        >>> model.fit(worker_dataset(CaptionBatches(...)), epochs=4)
+    """
+    import tensorflow as tf
+    first = batches[0]
+    signature = keras.tree.map_structure(
+        lambda a: tf.TensorSpec((None,) + tuple(a.shape[1:]), tf.as_dtype(a.dtype)), first)
+    passes = [0]
+
+    def generate():
+        if hasattr(batches, "set_epoch") and passes[0]:
+            batches.set_epoch(passes[0])
+        passes[0] += 1
+        for i in range(len(batches)):
+            yield batches[i]
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).with_options(options)
+
+
 def _tf_strategy():
     import tensorflow as tf
     if cluster()[0] > 1:  # TF_CONFIG: one strategy per process, created before any other TensorFlow work
         if "tf" not in _INITIALIZED:
             _INITIALIZED["tf"] = tf.distribute.MultiWorkerMirroredStrategy()
+            _patch_keras_multi_worker()
         return _INITIALIZED["tf"]
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:

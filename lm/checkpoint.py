@@ -273,6 +273,17 @@ def load_model_dir(directory=None) -> LoadedModel:
 
 
 # ---- resume state and the best-epoch callback ------------------------------------------------------------------
+def _numpy(variable):
+    """A variable's value as a NumPy array, on any backend and under a TensorFlow strategy (whose mirrored
+    variables `convert_to_numpy` cannot read: their `.numpy()` reads this replica's copy)."""
+    import numpy as np
+    from keras import ops
+    value = variable.value
+    if keras.backend.backend() == "tensorflow" and hasattr(value, "numpy"):
+        return np.asarray(value.numpy())
+    return ops.convert_to_numpy(value)
+
+
 class TrainingState:
     """What `--resume` needs from the last finished epoch, kept in `DIR/resume/` while a run trains: every variable
     of the training model (weights, carried state, the seed generators of its dropout layers: its RNG) and of its
@@ -301,7 +312,7 @@ class TrainingState:
         variables = cls._variables(model, optimizer)
 
         def write_variables(path):
-            arrays = {f"v{i}": ops.convert_to_numpy(v.value) for i, v in enumerate(variables)}
+            arrays = {f"v{i}": _numpy(v) for i, v in enumerate(variables)}
             with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the temporary name
                 import numpy as np
                 np.savez(f, **arrays)
