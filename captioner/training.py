@@ -185,9 +185,12 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
 
     # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
     # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
-    # Several hosts need one width too: every process's batch is one slice of the same global array.
-    fixed = (int(math.ceil(max_length / 4) * 4) if keras.backend.backend() == "tensorflow" or hosts > 1
-             else None)
+    # The width is the data's longest caption (+ <bos>), not --max-length: captions of 4-14 words padded to 24
+    # would spend 40% of every step on padding. Several hosts need one width too (every process's batch is one
+    # slice of the same global array), and there the shards differ: --max-length it is.
+    longest = max(len(c) for c in train_caps + (val_caps or [])) + 1 if hosts == 1 else max_length
+    fixed = (int(math.ceil(min(longest, max_length) / 4) * 4)
+             if keras.backend.backend() == "tensorflow" or hosts > 1 else None)
     train_batches = CaptionBatches(train_inputs, train_index, train_caps, local_batch, seed=seed,
                                    fixed_width=fixed, drop_remainder=distribute)
     val_batches = (CaptionBatches(val_inputs, val_index, val_caps, local_batch, shuffle=False, fixed_width=fixed,
@@ -206,7 +209,8 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     done = checkpoint.resume() if resuming else 0
     if done < epochs and not checkpoint.stopped:
         trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, initial_epoch=done, verbose=verbose,
-                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), checkpoint], steps_per_epoch=steps_per_epoch)
+                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), checkpoint],
+                    steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. a diverged run: keep the last epoch
         write_model_folder(out_dir, model_files("caption", model, vocab, extra))
     checkpoint.finish()

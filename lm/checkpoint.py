@@ -3,6 +3,12 @@
 A folder holds `config.json` (`{"arch": ..., "model": constructor kwargs, ...}`), `vocab.json` and the weights
 (`model.weights.h5` for neural models, `ngram.npz` for the n-gram model). Omitting `--model` means the bundled
 default (an LSTM trained on the King James Bible), shipped inside the package.
+
+This module is also the one place for what every model folder of the project shares (language models, captioners,
+VQA models; captioner.folders builds on it): `write_model_folder`, the one atomic folder writer (a kill during a
+save leaves the previous complete folder, or is rolled forward by the next reader); `read_model_folder`;
+`check_out_dir` (`--out` refuses an existing model without `--resume` / `--overwrite`); `TrainingState`, the resume
+state kept in `resume/` while a run trains; and `BestEpoch`, the one best-epoch callback of every trainer.
 """
 
 from __future__ import annotations
@@ -174,6 +180,8 @@ def check_out_dir(directory, resume: bool = False, overwrite: bool = False) -> b
     if (has_model or has_state) and not overwrite:
         raise UserError(f"{directory} already holds a model; pass --overwrite to replace it, "
                         "or --resume to continue its training")
+    if has_state:  # --overwrite: the old run's resume state must not be resumed by a later --resume
+        write_model_folder(directory, {}, remove=[RESUME_DIR])
     return False
 
 
