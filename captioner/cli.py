@@ -22,7 +22,7 @@ import json
 import os
 import sys
 
-from lm.cli import add_accel_flags, run_cli
+from lm.cli import add_accel_flags, add_out_flags, run_cli
 from lm.errors import UserError
 
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a captioner (or a VQA model when the data has questions)")
     p.add_argument("data", help="dataset file or folder (see the formats above)")
     p.add_argument("--out", required=True, help="model folder to write")
+    add_out_flags(p)
     p.add_argument("--task", choices=["caption", "vqa"], default=None, help="default: detected from the data")
     p.add_argument("--image-root", default=None, help="folder the image paths are relative to")
     p.add_argument("--annotations", default=None, help="VQA v2 annotations file (default: found beside questions)")
@@ -64,16 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="backbone weights: imagenet, a weights file, or none")
     p.add_argument("--image-size", type=int, default=None, help="square input size (default: the backbone's)")
     p.add_argument("--trainable-blocks", type=int, default=0, help="fine-tune the top N backbone blocks (-1 = all)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    # Defaults that differ by task are None here and filled by the training function of the task, so each task
+    # gets sizes that fit it (the VQA recipe is a model a sixteenth the size of the caption decoder).
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: captions 10, VQA 20)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size; VQA counts questions (default: captions 32, VQA 128)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: captions 1e-3, VQA 2e-3)")
     p.add_argument("--patience", type=int, default=None,
                    help="caption training: stop after this many epochs without validation gain (default 3)")
     p.add_argument("--lr-decay", type=float, default=None,
                    help="caption training: divide the learning rate by this after an epoch without validation gain "
                         "(default 1: constant)")
-    p.add_argument("--embed", type=int, default=256, help="word embedding size")
-    p.add_argument("--units", type=int, default=512, help="recurrent units")
+    p.add_argument("--embed", type=int, default=None, help="word embedding size (default: captions 256, VQA 64)")
+    p.add_argument("--units", type=int, default=None,
+                   help="recurrent units (default: captions 512, VQA 128 per direction)")
     p.add_argument("--attention-dim", type=int, default=256)
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
     p.add_argument("--dropout", type=float, default=0.3)
@@ -238,9 +243,11 @@ def cmd_train(a) -> int:
     verbose = 0 if a.json else (1 if sys.stdout.isatty() else 2)
     weights = None if a.weights in (None, "none", "None") else a.weights
     common = dict(image_root=a.image_root, backbone=a.backbone, weights=weights, image_size=a.image_size,
-                  trainable_blocks=a.trainable_blocks, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                  embed=a.embed, units=a.units, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
-                  verbose=verbose, time_budget=a.time_budget)
+                  trainable_blocks=a.trainable_blocks, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
+                  verbose=verbose, time_budget=a.time_budget, resume=a.resume, overwrite=a.overwrite)
+    # Sizes given on the command line; left out, the task's training function picks the defaults that fit it.
+    common.update({k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("lr", a.lr),
+                                     ("embed", a.embed), ("units", a.units)) if v is not None})
     # Caption-only flags given on the command line; left out, train_captioner's own defaults hold.
     caption_only = {k: v for k, v in (("patience", a.patience), ("lr_decay", a.lr_decay)) if v is not None}
     if task == "vqa":

@@ -18,8 +18,11 @@ import keras
 import numpy as np
 
 from captioner.datasets import load_caption_dataset, split_examples
-from captioner.model import ImageCaptioner, build_captioner, save_model_dir
-from lm.accel import accelerated, jit_option
+from captioner.folders import model_files
+from captioner.model import ImageCaptioner
+from lm.accel import accelerated, cluster, jit_option, worker_dataset
+from lm.checkpoint import BestEpoch, check_out_dir, write_model_folder
+from lm.data import EpochOrder
 from lm.errors import UserError
 from lm.vocab import Vocabulary
 
@@ -27,7 +30,9 @@ from lm.vocab import Vocabulary
 class CaptionBatches(keras.utils.PyDataset):
     """(inputs (batch, ...) indexed by `image_index`, caption ids) -> ((inputs, tokens_in), tokens_out) batches.
 
-    Pairs are grouped into batches of similar caption length, and the batch order is shuffled every epoch.
+    Pairs are grouped into batches of similar caption length, and the batch order is shuffled every epoch. The
+    order of an epoch depends only on (seed, epoch) (lm.data.EpochOrder calls `set_epoch`), so a resumed run sees
+    the batches the uninterrupted run would have seen.
     """
 
     def __init__(self, inputs, image_index, captions, batch_size, shuffle=True, seed=0, fixed_width=None,
@@ -37,7 +42,12 @@ class CaptionBatches(keras.utils.PyDataset):
         self.drop_remainder = drop_remainder  # only full batches (--distribute: equal shards on every device)
         self.inputs, self.image_index, self.captions = inputs, np.asarray(image_index), captions
         self.batch_size, self.shuffle = batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes the batches of `epoch` (a new shuffled order per epoch, the same for the same seed and epoch)."""
+        self.rng = np.random.default_rng([self.seed, int(epoch)])
         self._make_batches()
 
     def _make_batches(self):
@@ -71,10 +81,6 @@ class CaptionBatches(keras.utils.PyDataset):
         inputs[order] = self.inputs[index[order]]
         return (inputs, tokens_in), tokens_out
 
-    def on_epoch_end(self):
-        if self.shuffle:
-            self._make_batches()
-
 
 def _pairs(examples, vocab: Vocabulary, max_length: int):
     """Every (image, caption) pair as (image index, caption ids cut to max_length - 1 words)."""
@@ -85,6 +91,16 @@ def _pairs(examples, vocab: Vocabulary, max_length: int):
                 index.append(i)
                 captions.append(vocab.encode(tokens[: max_length - 1]))
     return np.asarray(index, "int64"), captions
+
+
+def _host_shard(examples, vocab: Vocabulary, max_length: int, hosts: int, rank: int):
+    """This process's share of a multi-host run: every `hosts`-th image from `rank` on (the process decodes and
+    extracts only these) and its (image, caption) pairs, cut to the count of the smallest shard so every process
+    runs the same number of steps. One host: everything. Returns (examples, image_index, captions)."""
+    shards = [examples[r::hosts] for r in range(hosts)]
+    smallest = min(sum(1 for e in shard for tokens in e.captions if tokens) for shard in shards)
+    index, captions = _pairs(shards[rank], vocab, max_length)
+    return shards[rank], index[:smallest], captions[:smallest]
 
 
 def decode_all(examples, image_size, policy, verbose=1) -> np.ndarray:
@@ -109,12 +125,15 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
-                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False) -> dict:
+                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False, resume=False,
+                    overwrite=False) -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
     `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
-    all local devices) are lm.accel's."""
+    all local devices) are lm.accel's. An `out_dir` that holds a model is refused unless `overwrite` (train anew)
+    or `resume` (continue the killed run from its last finished epoch; lm.checkpoint.check_out_dir)."""
     from captioner.backbones import backbone_spec
+    resuming = check_out_dir(out_dir, resume, overwrite)
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     examples = load_caption_dataset(data, image_root)
@@ -145,8 +164,13 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
         if verbose:
             print(report)
 
-    train_index, train_caps = _pairs(train, vocab, max_length)
-    val_index, val_caps = _pairs(val, vocab, max_length) if val else (None, None)
+    hosts, rank = cluster() if distribute else (1, 0)
+    train, train_index, train_caps = _host_shard(train, vocab, max_length, hosts, rank)
+    val, val_index, val_caps = _host_shard(val, vocab, max_length, hosts, rank) if val else (val, None, None)
+    # --batch-size is global; each process feeds its share of every step. JAX takes that share as the batch;
+    # TensorFlow's strategy cuts it from a global-size batch of the worker's own shard (lm.accel.worker_dataset).
+    tf_workers = hosts > 1 and keras.backend.backend() == "tensorflow"
+    local_batch = batch_size if tf_workers else batch_size // hosts
     train_images = decode_all(train, size, spec.policy, verbose)
     val_images = decode_all(val, size, spec.policy, verbose) if val else None
     if cache_features:
@@ -161,55 +185,40 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
 
     # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
     # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
-    fixed = int(math.ceil(max_length / 4) * 4) if keras.backend.backend() == "tensorflow" else None
-    train_batches = CaptionBatches(train_inputs, train_index, train_caps, batch_size, seed=seed, fixed_width=fixed,
-                                   drop_remainder=distribute)
-    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, batch_size, shuffle=False, fixed_width=fixed,
+    # The width is the data's longest caption (+ <bos>), not --max-length: captions of 4-14 words padded to 24
+    # would spend 40% of every step on padding. Several hosts need one width too (every process's batch is one
+    # slice of the same global array), and there the shards differ: --max-length it is.
+    longest = max(len(c) for c in train_caps + (val_caps or [])) + 1 if hosts == 1 else max_length
+    fixed = (int(math.ceil(min(longest, max_length) / 4) * 4)
+             if keras.backend.backend() == "tensorflow" or hosts > 1 else None)
+    train_batches = CaptionBatches(train_inputs, train_index, train_caps, local_batch, seed=seed,
+                                   fixed_width=fixed, drop_remainder=distribute)
+    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, local_batch, shuffle=False, fixed_width=fixed,
                                   drop_remainder=distribute)
                    if val else None)
+    if tf_workers:
+        train_batches = worker_dataset(train_batches)
+        val_batches = worker_dataset(val_batches) if val_batches is not None else None
     trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
                     jit_compile=jit_option(jit))
     extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
-    checkpoint = BestCheckpoint(model, vocab, out_dir, extra, patience, time_budget, start, verbose, lr_decay)
-    history = trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose,
-                          callbacks=[checkpoint], steps_per_epoch=steps_per_epoch)
-    if not checkpoint.saved:  # e.g. no validation split: keep the last epoch
-        save_model_dir(out_dir, "caption", model, vocab, extra)
-    return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history.history.get("loss", [])),
-            "loss": history.history.get("loss"), "val_loss": history.history.get("val_loss"),
-            "vocab_size": len(vocab), "train_images": len(train), "train_pairs": len(train_caps),
-            "cached_features": bool(cache_features)}
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Writes the whole captioner (CNN + decoder) whenever validation loss improves; divides the learning rate by
-    `lr_decay` after an epoch without gain; stops after `patience` such epochs or when the time budget is spent."""
-
-    def __init__(self, captioner, vocab, out_dir, extra, patience, time_budget, start, verbose, lr_decay=1.0):
-        super().__init__()
-        self.captioner, self.vocab, self.out_dir, self.extra = captioner, vocab, out_dir, extra
-        self.patience, self.time_budget, self.start, self.verbose = patience, time_budget, start, verbose
-        self.lr_decay = float(lr_decay)
-        self.best, self.bad, self.saved = math.inf, 0, False
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        value = logs.get("val_loss", logs.get("loss"))
-        if value is not None and value < self.best:
-            self.best, self.bad, self.saved = value, 0, True
-            save_model_dir(self.out_dir, "caption", self.captioner, self.vocab, self.extra)
-        else:
-            self.bad += 1
-            if self.lr_decay > 1:
-                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-                self.model.optimizer.learning_rate.assign(lr / self.lr_decay)
-                if self.verbose:
-                    print(f"epoch {epoch + 1}: no validation gain, learning rate -> {lr / self.lr_decay:.2e}")
-            if self.bad >= self.patience:
-                self.model.stop_training = True
-        if self.time_budget and time.perf_counter() - self.start > self.time_budget:
-            self.model.stop_training = True
+    checkpoint = BestEpoch(out_dir, lambda: model_files("caption", model, vocab, extra), monitor="val_loss",
+                           patience=patience, lr_decay=lr_decay, time_budget=time_budget, start=start,
+                           resume_model=model, resume_optimizer=trainee.optimizer, verbose=verbose)
+    done = checkpoint.resume() if resuming else 0
+    if done < epochs and not checkpoint.stopped:
+        trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, initial_epoch=done, verbose=verbose,
+                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), checkpoint],
+                    steps_per_epoch=steps_per_epoch)
+    if not checkpoint.saved:  # e.g. a diverged run: keep the last epoch
+        write_model_folder(out_dir, model_files("caption", model, vocab, extra))
+    checkpoint.finish()
+    history = checkpoint.history
+    return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history),
+            "loss": [h.get("loss") for h in history], "val_loss": [h["val_loss"] for h in history] if val else None,
+            "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "train_images": len(train),
+            "train_pairs": len(train_caps), "cached_features": bool(cache_features), "hosts": hosts}
 
 
 def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
