@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="small_cnn",
                    help="small_cnn, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, "
                         "efficientnet_lite0, resnet50, inception_v3 (default small_cnn)")
-    p.add_argument("--weights", default=None, help="backbone weights: imagenet, a weights file, or none")
+    p.add_argument("--weights", default=None,
+                   help="backbone weights: imagenet, a weights file, or none for random ones (default: imagenet for "
+                        "every pretrained backbone, none for small_cnn; efficientnet_lite0's ImageNet weights ship "
+                        "with the package, the keras.applications ones download once into $KERAS_HOME/models)")
     p.add_argument("--image-size", type=int, default=None, help="square input size (default: the backbone's)")
     p.add_argument("--trainable-blocks", type=int, default=0, help="fine-tune the top N backbone blocks (-1 = all)")
     p.add_argument("--epochs", type=int, default=10)
@@ -209,7 +212,11 @@ def cmd_train(a) -> int:
     from captioner.datasets import detect_task
     task = a.task or detect_task(a.data)
     verbose = 0 if a.json else (1 if sys.stdout.isatty() else 2)
-    weights = None if a.weights in (None, "none", "None") else a.weights
+    if a.weights is None:  # the default: ImageNet weights for a pretrained backbone, random ones for small_cnn
+        from captioner.backbones import backbone_spec
+        weights = "imagenet" if backbone_spec(a.backbone).pretrained else None
+    else:
+        weights = None if a.weights in ("none", "None") else a.weights
     common = dict(image_root=a.image_root, backbone=a.backbone, weights=weights, image_size=a.image_size,
                   trainable_blocks=a.trainable_blocks, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                   embed=a.embed, units=a.units, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
