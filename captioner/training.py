@@ -87,22 +87,6 @@ def _pairs(examples, vocab: Vocabulary, max_length: int):
     return np.asarray(index, "int64"), captions
 
 
-def decode_all(examples, image_size, policy, verbose=1) -> np.ndarray:
-    """Decodes every example's image once into a uint8 array (N, h, w, 3), with a progress bar."""
-    from captioner.images import load_images
-    from tqdm import tqdm
-    out = np.zeros((len(examples), *image_size, 3), "uint8")
-    bad = []
-    for start in tqdm(range(0, len(examples), 64), desc="decoding images", unit="batch", disable=not verbose):
-        chunk = examples[start: start + 64]
-        images, errors = load_images([e.image for e in chunk], image_size, policy)
-        out[start: start + len(chunk)] = images.astype("uint8")
-        bad += [e for e in errors if e]
-    if bad:
-        raise UserError(f"{len(bad)} training image(s) cannot be read; first: {bad[0]}")
-    return out
-
-
 @accelerated  # mixed_precision and distribute: the models below are built, compiled and fitted under them
 def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weights=None, image_size=None,
                     trainable_blocks=0, epochs=10, batch_size=32, lr=1e-3, embed=256, units=512, attention_dim=256,
@@ -147,26 +131,34 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
 
     train_index, train_caps = _pairs(train, vocab, max_length)
     val_index, val_caps = _pairs(val, vocab, max_length) if val else (None, None)
-    train_images = decode_all(train, size, spec.policy, verbose)
-    val_images = decode_all(val, size, spec.policy, verbose) if val else None
-    if cache_features:
-        from captioner.features import extract_features
-        cache_dir = cache_dir or os.path.join(out_dir, "features")
-        train_inputs = extract_features(model.backbone, train_images, os.path.join(cache_dir, "train.npy"), verbose)
-        val_inputs = (extract_features(model.backbone, val_images, os.path.join(cache_dir, "val.npy"), verbose)
-                      if val else None)
-        trainee = model.decoder
-    else:
-        train_inputs, val_inputs, trainee = train_images, val_images, model
+    # Streaming: a frozen CNN runs once per image into a keyed feature cache (captioner.features) and batches read
+    # its shards; end to end, batches decode their images when asked. Nothing holds the whole dataset in memory.
+    from captioner.streaming import CachedGrids, DecodedImages, StreamBatches
+    caches = {}
+
+    def batches(examples, index, caps, what, shuffle):
+        """StreamBatches over cached grids (rows: the cache's) or over decoded images (rows: example indices)."""
+        paths = [e.image for e in examples]
+        if cache_features:
+            from captioner.features import build_feature_cache
+            cache = build_feature_cache(model.backbone, paths, backbone_name=backbone, image_size=size,
+                                        policy=spec.policy, cache_root=cache_dir, verbose=verbose)
+            caches[what] = cache.folder
+            rows_source, rows = CachedGrids(cache), cache.rows([paths[i] for i in index])
+        else:
+            missing = sorted({p for p in paths if not os.path.isfile(p)})
+            if missing:
+                raise UserError(f"{len(missing)} {what} image(s) not found, e.g. {missing[0]}; check --image-root")
+            rows_source, rows = DecodedImages(paths, size, spec.policy), np.asarray(index, "int64")
+        return StreamBatches(rows_source, rows, caps, batch_size, shuffle=shuffle, seed=seed, fixed_width=fixed,
+                             drop_remainder=distribute)
 
     # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
     # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
     fixed = int(math.ceil(max_length / 4) * 4) if keras.backend.backend() == "tensorflow" else None
-    train_batches = CaptionBatches(train_inputs, train_index, train_caps, batch_size, seed=seed, fixed_width=fixed,
-                                   drop_remainder=distribute)
-    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, batch_size, shuffle=False, fixed_width=fixed,
-                                  drop_remainder=distribute)
-                   if val else None)
+    train_batches = batches(train, train_index, train_caps, "training", True)
+    val_batches = batches(val, val_index, val_caps, "validation", False) if val else None
+    trainee = model.decoder if cache_features else model
     trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
                     jit_compile=jit_option(jit))
@@ -179,7 +171,7 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history.history.get("loss", [])),
             "loss": history.history.get("loss"), "val_loss": history.history.get("val_loss"),
             "vocab_size": len(vocab), "train_images": len(train), "train_pairs": len(train_caps),
-            "cached_features": bool(cache_features)}
+            "cached_features": bool(cache_features), "feature_caches": caches}
 
 
 class BestCheckpoint(keras.callbacks.Callback):
