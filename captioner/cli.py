@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-features", dest="cache_features", action="store_true", default=None,
                    help="extract grids once and train the decoder only (default for frozen pretrained CNNs)")
     p.add_argument("--no-cache-features", dest="cache_features", action="store_false")
-    p.add_argument("--cache-dir", default=None, help="where cached features go (default OUT/features)")
+    p.add_argument("--cache-dir", default=None,
+                   help="folder of feature caches (default $CAPTIONER_CACHE/features, else ~/.cache/captioner/features);"
+                        " a cache is reused only when backbone, weights, image size, resize policy and image files all "
+                        "match, so captions and VQA on one image set share it")
     p.add_argument("--init-from-lm", default=None, metavar="MODEL_DIR", help="start the decoder from an lm model")
     p.add_argument("--hops", type=int, default=2, help="VQA: stacked attention hops")
     p.add_argument("--vqa-mode", choices=["attention", "blind", "mean"], default="attention",

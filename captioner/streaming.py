@@ -87,7 +87,7 @@ class StreamBatches(keras.utils.PyDataset):
         captions: list of caption id lists (without <bos>/<eos>), one per pair.
         batch_size: pairs per batch.
         shuffle: shuffle shards, pairs (within a window) and batches every epoch; False gives a fixed order.
-        seed: shuffling seed.
+        seed: shuffling seed; an epoch's order depends only on (seed, epoch) (see ``set_epoch``).
         window_shards: shards mixed together (the shuffle buffer), default 8.
         fixed_width: pad every batch to this many tokens (TensorFlow: one graph); None pads to the batch's longest
             (+ <eos>) rounded up to a multiple of 4.
@@ -104,14 +104,22 @@ class StreamBatches(keras.utils.PyDataset):
         self.lengths = np.array([len(c) for c in captions], "int64")
         self.batch_size, self.shuffle, self.window_shards = int(batch_size), bool(shuffle), max(1, int(window_shards))
         self.fixed_width, self.drop_remainder = fixed_width, bool(drop_remainder)
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.epoch = int(seed), None
         bounds = np.array([start for start, _ in source.shard_bounds], "int64")
         self.shard_of_pair = np.searchsorted(bounds, self.image_rows, side="right") - 1  # (pairs,)
         self.pairs_of_shard = [np.nonzero(self.shard_of_pair == s)[0] for s in range(len(bounds))]
         total = len(self.image_rows)
         full = total // self.batch_size
         self.batch_count = full if (drop_remainder and full > 0) else int(math.ceil(total / self.batch_size))
-        self._plan()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Plans the batches of `epoch`: the order depends only on (seed, epoch), so a resumed run sees the batches
+        the uninterrupted run would have seen (lm.data.EpochOrder calls this at each epoch's start)."""
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self.rng = np.random.default_rng([self.seed, self.epoch])
+            self._plan()
 
     def _plan(self):
         """This epoch's batches: a list of pair-index arrays, in the order they are served."""
@@ -154,4 +162,4 @@ class StreamBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         if self.shuffle:
-            self._plan()
+            self.set_epoch(self.epoch + 1)

@@ -134,16 +134,17 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     # Streaming: a frozen CNN runs once per image into a keyed feature cache (captioner.features) and batches read
     # its shards; end to end, batches decode their images when asked. Nothing holds the whole dataset in memory.
     from captioner.streaming import CachedGrids, DecodedImages, StreamBatches
-    caches = {}
+
+    cache = None
+    if cache_features:  # one cache for every image of the run (train and val), shared with any other run on them
+        from captioner.features import build_feature_cache
+        cache = build_feature_cache(model.backbone, [e.image for e in train + (val or [])], backbone_name=backbone,
+                                    image_size=size, policy=spec.policy, cache_root=cache_dir, verbose=verbose)
 
     def batches(examples, index, caps, what, shuffle):
         """StreamBatches over cached grids (rows: the cache's) or over decoded images (rows: example indices)."""
         paths = [e.image for e in examples]
-        if cache_features:
-            from captioner.features import build_feature_cache
-            cache = build_feature_cache(model.backbone, paths, backbone_name=backbone, image_size=size,
-                                        policy=spec.policy, cache_root=cache_dir, verbose=verbose)
-            caches[what] = cache.folder
+        if cache is not None:
             rows_source, rows = CachedGrids(cache), cache.rows([paths[i] for i in index])
         else:
             missing = sorted({p for p in paths if not os.path.isfile(p)})
@@ -164,14 +165,30 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     jit_compile=jit_option(jit))
     extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
     checkpoint = BestCheckpoint(model, vocab, out_dir, extra, patience, time_budget, start, verbose, lr_decay)
+    timer = EpochTimer()
     history = trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose,
-                          callbacks=[checkpoint], steps_per_epoch=steps_per_epoch)
+                          callbacks=[checkpoint, timer], steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. no validation split: keep the last epoch
         save_model_dir(out_dir, "caption", model, vocab, extra)
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history.history.get("loss", [])),
             "loss": history.history.get("loss"), "val_loss": history.history.get("val_loss"),
             "vocab_size": len(vocab), "train_images": len(train), "train_pairs": len(train_caps),
-            "cached_features": bool(cache_features), "feature_caches": caches}
+            "cached_features": bool(cache_features), "feature_cache": cache.folder if cache is not None else None,
+            "epoch_seconds": timer.seconds}
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each epoch (training and validation), for the summary and the benchmarks."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self._start, 2))
 
 
 class BestCheckpoint(keras.callbacks.Callback):

@@ -268,7 +268,7 @@ def test_train_efficientnet_lite0_offline_without_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["cached_features"] and np.isfinite(summary["loss"][0])
-    cache = open_feature_cache(summary["feature_caches"]["training"])
+    cache = open_feature_cache(summary["feature_cache"])
     # The cache was made by ImageNet weights, not random ones: its key holds the bundled weights' fingerprint.
     from captioner.features import weights_fingerprint
     assert cache.manifest["key"]["weights"] == weights_fingerprint(build_backbone("efficientnet_lite0", "imagenet", 32))
