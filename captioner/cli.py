@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from lm.cli import add_accel_flags, run_cli
+from lm.cli import add_accel_flags, add_out_flags, run_cli
 from lm.errors import UserError
 
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a captioner (or a VQA model when the data has questions)")
     p.add_argument("data", help="dataset file or folder (see the formats above)")
     p.add_argument("--out", required=True, help="model folder to write")
+    add_out_flags(p)
     p.add_argument("--task", choices=["caption", "vqa"], default=None, help="default: detected from the data")
     p.add_argument("--image-root", default=None, help="folder the image paths are relative to")
     p.add_argument("--annotations", default=None, help="VQA v2 annotations file (default: found beside questions)")
@@ -223,7 +224,7 @@ def cmd_train(a) -> int:
     common = dict(image_root=a.image_root, backbone=a.backbone, weights=weights, image_size=a.image_size,
                   trainable_blocks=a.trainable_blocks, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                   embed=a.embed, units=a.units, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
-                  verbose=verbose, time_budget=a.time_budget)
+                  verbose=verbose, time_budget=a.time_budget, resume=a.resume, overwrite=a.overwrite)
     # Caption-only flags given on the command line; left out, train_captioner's own defaults hold.
     caption_only = {k: v for k, v in (("patience", a.patience), ("lr_decay", a.lr_decay)) if v is not None}
     if task == "vqa":

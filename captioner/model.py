@@ -1,15 +1,10 @@
-"""ImageCaptioner = backbone CNN (captioner.backbones) + CaptionDecoder, its model folder, and captioning files.
+"""ImageCaptioner = backbone CNN (captioner.backbones) + CaptionDecoder, and captioning files.
 
-A model folder holds config.json (`{"task": "caption", "model": constructor kwargs, "max_length": ...}`),
-vocab.json and model.weights.h5 (backbone and decoder together, so a folder needs nothing else to run).
-Omitting `--model` means the bundled captioner trained on synthetic scenes (scripts/train_bundled_captioner.sh).
+Model folders (reading and writing, captions and VQA alike) live in captioner.folders; `save_model_dir`,
+`load_model_dir`, `LoadedCaptioner` and `BUNDLED` are still importable from here.
 """
 
 from __future__ import annotations
-
-import contextlib
-import json
-import os
 
 import keras
 import numpy as np
@@ -17,12 +12,16 @@ from keras import ops
 
 from captioner.backbones import backbone_spec, build_backbone, grid_shape
 from captioner.decoder import CaptionDecoder
-from lm.checkpoint import load_weights_file, read_model_folder
-from lm.errors import UserError
-from lm.vocab import Vocabulary
 
-ASSETS = os.path.join(os.path.dirname(__file__), "assets")
-BUNDLED = {"caption": os.path.join(ASSETS, "scenes-captioner"), "vqa": os.path.join(ASSETS, "scenes-vqa")}
+_FOLDER_NAMES = ("ASSETS", "BUNDLED", "LoadedCaptioner", "load_model_dir", "save_model_dir")
+
+
+def __getattr__(name):
+    """The model-folder names, from captioner.folders (imported on first use: folders imports this module)."""
+    if name in _FOLDER_NAMES:
+        from captioner import folders
+        return getattr(folders, name)
+    raise AttributeError(f"module 'captioner.model' has no attribute {name!r}")
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -91,102 +90,6 @@ def build_captioner(config: dict) -> ImageCaptioner:
     model = ImageCaptioner(**config)
     model.build(((None, *model.image_size, 3), (None, None)))
     return model
-
-
-# ---- model folders -----------------------------------------------------------------------------------------------
-def save_model_dir(directory, task: str, model, vocab: Vocabulary, extra: dict | None = None,
-                   answers: list[str] | None = None) -> None:
-    """Writes config.json, vocab.json (and answers.json for VQA) and model.weights.h5, each via a temporary
-    name so an interrupted save never leaves a folder whose weights and config disagree."""
-    os.makedirs(directory, exist_ok=True)
-    config = model.get_config()
-    for key in ("name", "trainable", "dtype"):
-        config.pop(key, None)
-    payload = {"task": task, "model": config, **(extra or {})}
-
-    def write(name, writer):
-        tmp = os.path.join(directory, f".tmp-{name}")
-        writer(tmp)
-        os.replace(tmp, os.path.join(directory, name))
-
-    def write_json(value):
-        def writer(path):
-            with open(path, "w") as f:
-                json.dump(value, f, indent=2)
-        return writer
-
-    def write_weights(path):
-        # Keras insists on the ".weights.h5" suffix, so the temporary name keeps it.
-        with _without_optimizers(model):
-            model.save_weights(path + ".weights.h5")
-        os.replace(path + ".weights.h5", path)
-
-    write("model.weights.h5", write_weights)
-    write("vocab.json", vocab.save)
-    if answers is not None:
-        write("answers.json", write_json(answers))
-    write("config.json", write_json(payload))
-
-
-@contextlib.contextmanager
-def _without_optimizers(model):
-    """Hides the optimizer of the model and of its sub-models (the decoder trains alone on cached features) while
-    the weights are saved: a model folder is for inference, and Adam's two moments would triple its size."""
-    owners = [m for m in [model, *getattr(model, "layers", [])] if getattr(m, "optimizer", None) is not None]
-    saved = [m.optimizer for m in owners]
-    try:
-        for m in owners:
-            m.optimizer = None
-        yield
-    finally:
-        for m, optimizer in zip(owners, saved):
-            m.optimizer = optimizer
-
-
-class LoadedCaptioner:
-    """A model folder in memory: `.task`, `.model`, `.vocab`, `.config` (and `.answers` for VQA)."""
-
-    def __init__(self, task, model, vocab, config, answers=None, directory=None):
-        self.task, self.model, self.vocab, self.config = task, model, vocab, config
-        self.answers, self.directory = answers, directory
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.model.image_size)
-
-    @property
-    def resize_policy(self) -> str:
-        return self.config.get("resize_policy") or backbone_spec(self.model.backbone_name).policy
-
-
-def load_model_dir(directory=None, task: str | None = None) -> LoadedCaptioner:
-    """Reads a captioner or VQA model folder; None means the bundled one for `task` (default caption)."""
-    if directory is None:
-        directory = BUNDLED[task or "caption"]
-        if not os.path.isfile(os.path.join(directory, "config.json")):
-            raise UserError(f"the bundled {task or 'caption'} model is missing ({directory}); "
-                            "pass --model DIR or reinstall the package")
-    directory = os.fspath(directory)
-    config, vocab = read_model_folder(directory, required=("config.json", "vocab.json", "model.weights.h5"),
-                                      how_to_make="captioner train DATA --out DIR")
-    found = config.get("task")
-    if task is not None and found != task:
-        raise UserError(f"{directory}: this is a {found} model, not a {task} model")
-    answers = None
-    try:
-        if found == "vqa":
-            from captioner.vqa import build_vqa_model
-            with open(os.path.join(directory, "answers.json")) as f:
-                answers = json.load(f)
-            model = build_vqa_model(config["model"])
-        elif found == "caption":
-            model = build_captioner(config["model"])
-        else:
-            raise UserError(f"{directory}: unknown task {found!r} in config.json")
-    except (OSError, ValueError, KeyError, TypeError) as e:  # answers.json missing, config.json edited by hand
-        raise UserError(f"{directory}: unreadable {found} model folder ({e})") from None
-    load_weights_file(model, directory)
-    return LoadedCaptioner(found, model, vocab, config, answers, directory)
 
 
 # ---- captioning files ----------------------------------------------------------------------------------------------

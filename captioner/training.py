@@ -18,8 +18,11 @@ import keras
 import numpy as np
 
 from captioner.datasets import load_caption_dataset, split_examples
-from captioner.model import ImageCaptioner, build_captioner, save_model_dir
+from captioner.folders import model_files
+from captioner.model import ImageCaptioner
 from lm.accel import accelerated, jit_option
+from lm.checkpoint import BestEpoch, check_out_dir, write_model_folder
+from lm.data import EpochOrder
 from lm.errors import UserError
 from lm.vocab import Vocabulary
 
@@ -27,7 +30,9 @@ from lm.vocab import Vocabulary
 class CaptionBatches(keras.utils.PyDataset):
     """(inputs (batch, ...) indexed by `image_index`, caption ids) -> ((inputs, tokens_in), tokens_out) batches.
 
-    Pairs are grouped into batches of similar caption length, and the batch order is shuffled every epoch.
+    Pairs are grouped into batches of similar caption length, and the batch order is shuffled every epoch. The
+    order of an epoch depends only on (seed, epoch) (lm.data.EpochOrder calls `set_epoch`), so a resumed run sees
+    the batches the uninterrupted run would have seen.
     """
 
     def __init__(self, inputs, image_index, captions, batch_size, shuffle=True, seed=0, fixed_width=None,
@@ -37,7 +42,12 @@ class CaptionBatches(keras.utils.PyDataset):
         self.drop_remainder = drop_remainder  # only full batches (--distribute: equal shards on every device)
         self.inputs, self.image_index, self.captions = inputs, np.asarray(image_index), captions
         self.batch_size, self.shuffle = batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes the batches of `epoch` (a new shuffled order per epoch, the same for the same seed and epoch)."""
+        self.rng = np.random.default_rng([self.seed, int(epoch)])
         self._make_batches()
 
     def _make_batches(self):
@@ -71,10 +81,6 @@ class CaptionBatches(keras.utils.PyDataset):
         inputs[order] = self.inputs[index[order]]
         return (inputs, tokens_in), tokens_out
 
-    def on_epoch_end(self):
-        if self.shuffle:
-            self._make_batches()
-
 
 def _pairs(examples, vocab: Vocabulary, max_length: int):
     """Every (image, caption) pair as (image index, caption ids cut to max_length - 1 words)."""
@@ -93,12 +99,15 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
-                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False) -> dict:
+                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False, resume=False,
+                    overwrite=False) -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
     `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
-    all local devices) are lm.accel's."""
+    all local devices) are lm.accel's. An `out_dir` that holds a model is refused unless `overwrite` (train anew)
+    or `resume` (continue the killed run from its last finished epoch; lm.checkpoint.check_out_dir)."""
     from captioner.backbones import backbone_spec
+    resuming = check_out_dir(out_dir, resume, overwrite)
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     examples = load_caption_dataset(data, image_root)
@@ -164,21 +173,27 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
                     jit_compile=jit_option(jit))
     extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
-    checkpoint = BestCheckpoint(model, vocab, out_dir, extra, patience, time_budget, start, verbose, lr_decay)
+    checkpoint = BestEpoch(out_dir, lambda: model_files("caption", model, vocab, extra), monitor="val_loss",
+                           patience=patience, lr_decay=lr_decay, time_budget=time_budget, start=start,
+                           resume_model=model, resume_optimizer=trainee.optimizer, verbose=verbose)
+    done = checkpoint.resume() if resuming else 0
     timer = EpochTimer()
-    history = trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose,
-                          callbacks=[checkpoint, timer], steps_per_epoch=steps_per_epoch)
-    if not checkpoint.saved:  # e.g. no validation split: keep the last epoch
-        save_model_dir(out_dir, "caption", model, vocab, extra)
-    return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history.history.get("loss", [])),
-            "loss": history.history.get("loss"), "val_loss": history.history.get("val_loss"),
-            "vocab_size": len(vocab), "train_images": len(train), "train_pairs": len(train_caps),
-            "cached_features": bool(cache_features), "feature_cache": cache.folder if cache is not None else None,
-            "epoch_seconds": timer.seconds}
+    if done < epochs and not checkpoint.stopped:
+        trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, initial_epoch=done, verbose=verbose,
+                    callbacks=[EpochOrder(train_batches), checkpoint, timer], steps_per_epoch=steps_per_epoch)
+    if not checkpoint.saved:  # e.g. a diverged run: keep the last epoch
+        write_model_folder(out_dir, model_files("caption", model, vocab, extra))
+    checkpoint.finish()
+    history = checkpoint.history
+    return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history),
+            "loss": [h.get("loss") for h in history], "val_loss": [h["val_loss"] for h in history] if val else None,
+            "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "train_images": len(train),
+            "train_pairs": len(train_caps), "cached_features": bool(cache_features),
+            "feature_cache": cache.folder if cache is not None else None, "epoch_seconds": timer.seconds}
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch (training and validation), for the summary and the benchmarks."""
+    """Wall seconds of each epoch this run trained (training and validation), for the summary and benchmarks."""
 
     def __init__(self):
         super().__init__()
@@ -189,36 +204,6 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(round(time.perf_counter() - self._start, 2))
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Writes the whole captioner (CNN + decoder) whenever validation loss improves; divides the learning rate by
-    `lr_decay` after an epoch without gain; stops after `patience` such epochs or when the time budget is spent."""
-
-    def __init__(self, captioner, vocab, out_dir, extra, patience, time_budget, start, verbose, lr_decay=1.0):
-        super().__init__()
-        self.captioner, self.vocab, self.out_dir, self.extra = captioner, vocab, out_dir, extra
-        self.patience, self.time_budget, self.start, self.verbose = patience, time_budget, start, verbose
-        self.lr_decay = float(lr_decay)
-        self.best, self.bad, self.saved = math.inf, 0, False
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        value = logs.get("val_loss", logs.get("loss"))
-        if value is not None and value < self.best:
-            self.best, self.bad, self.saved = value, 0, True
-            save_model_dir(self.out_dir, "caption", self.captioner, self.vocab, self.extra)
-        else:
-            self.bad += 1
-            if self.lr_decay > 1:
-                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-                self.model.optimizer.learning_rate.assign(lr / self.lr_decay)
-                if self.verbose:
-                    print(f"epoch {epoch + 1}: no validation gain, learning rate -> {lr / self.lr_decay:.2e}")
-            if self.bad >= self.patience:
-                self.model.stop_training = True
-        if self.time_budget and time.perf_counter() - self.start > self.time_budget:
-            self.model.stop_training = True
 
 
 def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:

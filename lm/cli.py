@@ -45,6 +45,17 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     add_accel_flags(p)
 
 
+def add_out_flags(p: argparse.ArgumentParser) -> None:
+    """--resume / --overwrite: what `--out` may do to a folder that already holds a model (lm.checkpoint)."""
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run that was training into --out (killed, or out of time) from its last "
+                        "finished epoch, with its optimizer state, learning-rate schedule and RNG; give the flags "
+                        "it was started with (on an empty --out it just starts; default off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model already in --out (default off: an existing model is an error); the old "
+                        "one stays until the first epoch's model replaces it")
+
+
 def add_accel_flags(p: argparse.ArgumentParser) -> None:
     """--mixed-precision, --jit/--no-jit, --distribute (lm.accel), shared by `lm train` and `captioner train`."""
     p.add_argument("--mixed-precision", action="store_true",
@@ -61,7 +72,8 @@ def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
                 tie=a.tie, epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
-                time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute)
+                time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute,
+                resume=a.resume, overwrite=a.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tokenized and split 90/5/5.")
     p.add_argument("corpus")
     p.add_argument("--out", required=True, help="model folder to write (config.json, vocab.json, weights)")
+    add_out_flags(p)
     _add_training_flags(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -96,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train n-gram, window, RNN, GRU, LSTM with one budget; print a table")
     p.add_argument("corpus")
-    p.add_argument("--out", default=None, help="folder for the trained models (default: a temporary folder)")
+    p.add_argument("--out", default=None, help="folder for the trained models, one subfolder per model, replaced if there (default: a temporary folder)")
     p.add_argument("--units", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3, help="epochs per neural model (default 3)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds per neural model (stops after the epoch)")
@@ -172,7 +185,7 @@ def cmd_compare(a) -> int:
                       time_budget=a.time_budget, dropout=0.0 if arch == "ngram" else 0.1)
         if arch == "window":
             kwargs.update(order=5, units=max(a.units, 256), batch_size=max(a.batch_size, 256))
-        s = train_language_model(splits, os.path.join(out, arch), **kwargs)
+        s = train_language_model(splits, os.path.join(out, arch), overwrite=True, **kwargs)
         rows.append({"model": "KN-5" if arch == "ngram" else arch, "valid_perplexity": s["valid_perplexity"],
                      "test_perplexity": s.get("test_perplexity"), "train_seconds": s["train_seconds"],
                      "epochs": s.get("epochs")})

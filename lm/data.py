@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from lm.vocab import Vocabulary
@@ -83,3 +84,20 @@ def evaluation_rows(sentences, vocab: Vocabulary, num_rows: int) -> np.ndarray:
     for i, p in enumerate(pieces):
         rows[i, : len(p)] = p
     return rows
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Tells batch sources which epoch is starting (`set_epoch(epoch)`), so a shuffled order depends only on
+    (seed, epoch): a run resumed at epoch k (fit's `initial_epoch`) sees the batches the uninterrupted run saw.
+
+    Example:
+        >>> model.fit(batches, epochs=4, initial_epoch=2, callbacks=[EpochOrder(batches)])
+    """
+
+    def __init__(self, *sources):
+        super().__init__()
+        self.sources = [s for s in sources if s is not None]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for source in self.sources:
+            source.set_epoch(epoch)

@@ -11,60 +11,26 @@ divided by `lr_decay` when validation perplexity stops improving, and training s
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import keras
 import numpy as np
 
 from lm.accel import accelerated, full_precision, jit_option
-from lm.checkpoint import LoadedModel, RECURRENT_ARCHS, build_model, copy_weights, save_model_dir
+from lm.checkpoint import (LoadedModel, RECURRENT_ARCHS, BestEpoch, build_model, check_out_dir, copy_weights,
+                           model_files, save_model_dir)
 from lm.data import sentence_batches, stream_batches, stream_ids
 from lm.errors import UserError
 from lm.inference import perplexity, window_examples
 from lm.vocab import Vocabulary
 
 
-class ValidationCallback(keras.callbacks.Callback):
-    """Every epoch: valid perplexity by the evaluation protocol, checkpoint on improvement, LR decay, early stop."""
-
-    def __init__(self, eval_model, arch, vocab, valid, out_dir, extra, lr_decay, patience, verbose):
-        super().__init__()
-        self.eval_model, self.arch, self.vocab, self.valid = eval_model, arch, vocab, valid
-        self.out_dir, self.extra = out_dir, extra
-        self.lr_decay, self.patience, self.verbose = lr_decay, patience, verbose
-        self.best, self.bad_epochs, self.history = math.inf, 0, []
+class ResetStates(keras.callbacks.Callback):
+    """Zeroes a stateful model's carried state at the start of every epoch (each epoch reads the stream afresh)."""
 
     def on_epoch_begin(self, epoch, logs=None):
         if getattr(self.model, "stateful", False):
             self.model.reset_states()
-
-    def on_epoch_end(self, epoch, logs=None):
-        copy_weights(self.model, self.eval_model)
-        loaded = LoadedModel(self.arch, self.eval_model, self.vocab, self.extra)
-        ppl, _ = perplexity(loaded, self.valid)
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        self.history.append({"epoch": epoch + 1, "val_perplexity": ppl, "lr": lr})
-        if logs is not None:
-            logs["val_perplexity"] = ppl
-        if not math.isfinite(ppl):  # diverged: nothing worth saving, and later epochs will not recover
-            self.model.stop_training = True
-            if self.verbose:
-                print(f"epoch {epoch + 1}: valid perplexity {ppl} (diverged, stopping)", flush=True)
-            return
-        improved = ppl < self.best * 0.999
-        if improved:
-            self.best, self.bad_epochs = ppl, 0
-            save_model_dir(self.out_dir, self.arch, self.eval_model, self.vocab, self.extra)
-        else:
-            self.bad_epochs += 1
-            self.model.optimizer.learning_rate.assign(lr / self.lr_decay)
-            if self.bad_epochs >= self.patience:
-                self.model.stop_training = True
-        if self.verbose:
-            mark = "saved" if improved else f"no gain, lr -> {lr / self.lr_decay:.2e}"
-            print(f"epoch {epoch + 1}: valid perplexity {ppl:.2f} ({mark})", flush=True)
-
 
 
 @accelerated  # mixed_precision and distribute: every model below is built, compiled and fitted under them
@@ -74,18 +40,22 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                          clip: float = 1.0, mode: str = "stream", min_count: int = 1, max_vocab: int | None = None,
                          patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
                          time_budget: float | None = None, mixed_precision: bool = False, jit="auto",
-                         distribute: bool = False) -> dict:
+                         distribute: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
-    (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's."""
+    (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's.
+    An `out_dir` that holds a model is refused unless `overwrite` (train anew) or `resume` (continue the killed
+    run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir)."""
     if arch not in ("ngram", "window") + RECURRENT_ARCHS:
         raise UserError(f"unknown --arch {arch!r}: choose ngram, window, rnn, gru or lstm")
     if mode not in ("stream", "sentence"):
         raise UserError(f"unknown --mode {mode!r}: choose stream or sentence")
+    resuming = check_out_dir(out_dir, resume, overwrite)
+    if resuming and arch == "ngram":
+        raise UserError("--resume is for neural models; an n-gram model trains in one pass (use --overwrite)")
     vocab = Vocabulary.build(splits["train"], min_count=min_count, max_size=max_vocab)
     if len(vocab) <= 4:
         raise UserError("the training text has no words")
-    os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
     train_tokens = sum(len(s) + 1 for s in splits["train"])
     extra = {"mode": mode} if arch in RECURRENT_ARCHS else {}
@@ -130,12 +100,21 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         if distribute and len(x) > batch_size:  # equal shards on every device: no ragged last batch
             x, y = x[: len(x) - len(x) % batch_size], y[: len(y) - len(y) % batch_size]
         model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_option(jit))
-        validation = ValidationCallback(eval_model, arch, vocab, splits["valid"], out_dir, extra, lr_decay, patience,
-                                 verbose)
-        callbacks = [validation]
-        if time_budget:
-            callbacks.append(TimeBudgetCallback(time_budget, start))
-        model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **fit_kwargs)
+        valid = splits["valid"]
+
+        def valid_perplexity(logs):  # by the evaluation protocol (lm.inference), on the stateless twin
+            copy_weights(model, eval_model)
+            return perplexity(LoadedModel(arch, eval_model, vocab, extra), valid)[0]
+
+        validation = BestEpoch(out_dir, lambda: model_files(arch, eval_model, vocab, extra),
+                               score=valid_perplexity, monitor="val_perplexity", min_gain=1e-3, patience=patience,
+                               lr_decay=lr_decay, time_budget=time_budget, start=start, resume_model=model,
+                               resume_optimizer=model.optimizer, verbose=verbose)
+        done = validation.resume() if resuming else 0
+        if done < epochs and not validation.stopped:
+            model.fit(x, y, batch_size=batch_size, epochs=epochs, initial_epoch=done, verbose=verbose,
+                      callbacks=[ResetStates(), validation], **fit_kwargs)
+        validation.finish()
         if not math.isfinite(validation.best):
             # Nothing was saved: do not report (or leave the user with) whatever the folder held before.
             raise UserError(f"training diverged (validation perplexity {validation.history[-1]['val_perplexity']}); "
@@ -155,15 +134,3 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
     if splits.get("test"):
         summary["test_perplexity"], summary["test_tokens"] = perplexity(loaded, splits["test"])
     return summary
-
-
-class TimeBudgetCallback(keras.callbacks.Callback):
-    """Stops after the epoch during which the wall-clock budget ran out (for fixed-budget comparisons)."""
-
-    def __init__(self, seconds: float, start: float):
-        super().__init__()
-        self.seconds, self.start = seconds, start
-
-    def on_epoch_end(self, epoch, logs=None):
-        if time.perf_counter() - self.start > self.seconds:
-            self.model.stop_training = True

@@ -105,7 +105,7 @@ def train_and_score(args, dataset: str, out_dir: str, attention: bool) -> dict:
             attention_dim=args.attention_dim, dropout=args.dropout, attention=attention,
             alpha_c=args.alpha_c if attention else 0.0, max_length=args.max_length, seed=args.seed,
             verbose=0 if args.json else 2, time_budget=args.time_budget, patience=args.patience,
-            lr_decay=args.lr_decay)
+            lr_decay=args.lr_decay, overwrite=True)
     cpu = time.process_time() - cpu
     loaded = load_model_dir(out_dir, task="caption")
     result = {"train_seconds": summary["train_seconds"], "train_cpu_seconds": round(cpu, 1),

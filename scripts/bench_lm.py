@@ -78,7 +78,7 @@ def quality(a, splits) -> dict:
         splits, out, arch="lstm", layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout, tie=a.tie,
         epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode="stream",
         min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed, verbose=a.verbose,
-        time_budget=a.time_budget)
+        time_budget=a.time_budget, overwrite=True)
     vocab = load_model_dir(out).vocab  # the very vocabulary the LSTM used, so both models predict the same tokens
 
     start = time.perf_counter()

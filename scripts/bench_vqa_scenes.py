@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                                 batch_size=args.batch_size, lr=args.lr, embed=args.embed, units=args.units,
                                 hops=args.hops, dropout=args.dropout, mode=mode, seed=args.seed,
                                 verbose=args.verbose,
-                                time_budget=args.time_budget)
+                                time_budget=args.time_budget, overwrite=True)
             loaded = load_model_dir(folder, task="vqa")
             test = evaluate_vqa(loaded, data, split="test")
             novel = evaluate_vqa(loaded, data, split="novel")

@@ -10,7 +10,7 @@ source "$(dirname "$0")/_venv.sh"
 WORK="${1:-$ROOT/runs/bundled-lm}"
 shift || true
 DEST="$ROOT/lm/assets/kjv-lstm"
-lm train "$ROOT/lm/assets/kjv" --out "$WORK" --arch lstm --units 512 --embed 256 --tie --dropout 0.5 \
+lm train "$ROOT/lm/assets/kjv" --out "$WORK" --overwrite --arch lstm --units 512 --embed 256 --tie --dropout 0.5 \
   --epochs 40 --batch-size 64 --bptt 35 --lr 3e-3 --patience 3 --time-budget 5400 "$@"
 python "$ROOT/scripts/_install_model.py" "$WORK" "$DEST" --note "lm/assets/kjv (scripts/train_bundled_lm.sh)"
 lm perplexity "$ROOT/lm/assets/kjv/test.txt" --model "$DEST"

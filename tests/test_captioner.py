@@ -463,13 +463,12 @@ def test_soft_attention_builds_whichever_method_runs_first():
                                np.asarray(context), rtol=1e-6)
 
 
-def test_best_checkpoint_divides_the_learning_rate_and_stops(tmp_path):
+def test_best_epoch_divides_the_learning_rate_and_stops(tmp_path):
     """Epochs without validation gain divide the LR by lr_decay; `patience` of them stop training."""
-    from captioner.training import BestCheckpoint
+    from lm.checkpoint import BestEpoch
     model = keras.Sequential([keras.layers.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
-    checkpoint = BestCheckpoint(None, None, tmp_path, {}, patience=2, time_budget=None, start=0.0, verbose=0,
-                                lr_decay=4.0)
+    checkpoint = BestEpoch(tmp_path, lambda: {"x": lambda p: open(p, "w").close()}, patience=2, lr_decay=4.0)
     checkpoint.set_model(model)
     checkpoint.best = 0.5  # as if an earlier epoch had reached 0.5 (and been saved)
     checkpoint.on_epoch_end(0, {"val_loss": 0.7})
@@ -478,3 +477,5 @@ def test_best_checkpoint_divides_the_learning_rate_and_stops(tmp_path):
     checkpoint.on_epoch_end(1, {"val_loss": 0.6})
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(6.25e-4)
     assert model.stop_training and not os.listdir(tmp_path)  # nothing saved: no epoch beat the best
+    checkpoint.on_epoch_end(2, {"val_loss": 0.4})
+    assert os.listdir(tmp_path) == ["x"] and checkpoint.best_epoch == 3  # a gain writes the folder
