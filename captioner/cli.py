@@ -232,7 +232,8 @@ def cmd_train(a) -> int:
             raise UserError("--mixed-precision, --jit/--no-jit, --distribute, --patience and --lr-decay apply to "
                             "caption training only")
         from captioner.vqa import train_vqa
-        summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode, **common)
+        summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode,
+                            cache_dir=a.cache_dir, **common)
     else:
         from captioner.training import train_captioner
         summary = train_captioner(a.data, a.out, attention_dim=a.attention_dim, cell=a.cell, dropout=a.dropout,

@@ -45,6 +45,12 @@ class CachedGrids:
     def read(self, rows: np.ndarray) -> np.ndarray:
         return self.cache.read(rows)  # (n, pixels, C) float32
 
+    def __getitem__(self, rows) -> np.ndarray:  # grids[rows], as if it were an in-memory array
+        return self.read(np.atleast_1d(rows))
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
 
 class DecodedImages:
     """Image files as float32 pixels (n, h, w, 3) in 0..255, decoded in threads when read.

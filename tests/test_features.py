@@ -57,10 +57,23 @@ class Calls:
 
         for name in ("predict_on_batch", "predict", "__call__"):
             monkeypatch.setattr(keras.Model, name, wrap(getattr(keras.Model, name)))
+        self._patch = monkeypatch
 
     def watch(self, model):
         self.models.add(id(model))
         return model
+
+    def watch_name(self, name):
+        """Also counts every model called `name` (one built inside the code under test)."""
+        calls = self
+        for method in ("predict_on_batch", "predict", "__call__"):
+            counted = getattr(keras.Model, method)
+
+            def by_name(model, x, *args, _counted=counted, **kwargs):
+                if model.name == name:
+                    calls.models.add(id(model))
+                return _counted(model, x, *args, **kwargs)
+            self._patch.setattr(keras.Model, method, by_name)
 
 
 def _backbone(name="efficientnet_lite0", weights=None, size=32, seed=0):
@@ -230,6 +243,41 @@ def test_stream_batches_read_a_real_cache(photos, tmp_path):
     assert sorted(served) == list(range(6))
     for p, row in enumerate(pair_rows):
         np.testing.assert_array_equal(served[p], cache.read([row])[0])
+
+
+def test_vqa_on_a_frozen_backbone_reads_the_cache_captions_share(tmp_path, monkeypatch):
+    """VQA training with a frozen pretrained backbone: the backbone runs once per image (extraction), never in an
+    epoch; a second run and a caption run on the same images reuse the same cache without a single call."""
+    from captioner.training import train_captioner
+    from captioner.vqa import train_vqa
+    calls = Calls(monkeypatch)
+    calls.watch_name("efficientnet_lite0_backbone")
+    data = os.path.join(ROOT, "tests", "fixtures", "vqa.jsonl")
+    tiny = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=2, batch_size=4, embed=8,
+                units=8, verbose=0, cache_dir=tmp_path / "cache")
+    first = train_vqa(data, str(tmp_path / "vqa1"), **tiny)
+    assert calls.images == 3  # the train and val images, once each: no call in either epoch or in validation
+    assert first["epochs"] == 2 and first["feature_cache"]
+    second = train_vqa(data, str(tmp_path / "vqa2"), **tiny)
+    assert calls.images == 3 and second["feature_cache"] == first["feature_cache"]
+
+    # The model folder answers from images (its backbone is inside), like any other.
+    from captioner.folders import load_model_dir
+    from captioner.vqa import answer_questions
+    loaded = load_model_dir(str(tmp_path / "vqa1"), task="vqa")
+    image = os.path.join(ROOT, "tests", "fixtures", "vqa_v2", "train2014", "COCO_train2014_000000000009.jpg")
+    assert isinstance(answer_questions(loaded, image, ["what animal is this"])[0]["answer"], str)
+    assert calls.images == 4  # answering calls the backbone on its one image
+
+    # Captions on the same image set (train + val) share the cache.
+    rows = [json.loads(line) for line in open(data)]
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"image": os.path.join(ROOT, "tests", "fixtures", r["image"]),
+                                            "caption": f"a photo number {i}", "split": r["split"]}) + "\n"
+                                for i, r in enumerate(rows) if r["split"] in ("train", "val")))
+    summary = train_captioner(str(captions), str(tmp_path / "cap"), epochs=1, units=8, embed=8, attention_dim=8,
+                              **{k: v for k, v in tiny.items() if k not in ("epochs", "units", "embed")})
+    assert calls.images == 4 and summary["feature_cache"] == first["feature_cache"]
 
 
 OFFLINE_CHILD = r"""
