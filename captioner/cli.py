@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-attention", action="store_true", help="Show and Tell baseline (image vector first)")
     p.add_argument("--alpha-c", type=float, default=1.0, help="doubly stochastic attention weight (0 = off)")
     p.add_argument("--scheduled-sampling", type=float, default=0.0, help="probability of feeding own predictions")
-    p.add_argument("--min-count", type=int, default=1, help="drop caption words seen fewer times")
+    p.add_argument("--min-count", type=int, default=None,
+                   help="drop caption words seen fewer times (default: 5, Karpathy's recipe for COCO and Flickr, when "
+                        "the training split has at least 10,000 captions; 1 on smaller data, where 5 would drop most "
+                        "words)")
     p.add_argument("--max-length", type=int, default=24, help="longest caption in words (+ <eos>)")
     p.add_argument("--cache-features", dest="cache_features", action="store_true", default=None,
                    help="extract grids once and train the decoder only (default for frozen pretrained CNNs)")

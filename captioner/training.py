@@ -27,6 +27,10 @@ from lm.errors import UserError
 from lm.vocab import Vocabulary
 
 
+#: With at least this many training captions, min_count defaults to 5 (Karpathy's COCO/Flickr recipe), else to 1.
+MIN_COUNT_5_CAPTIONS = 10_000
+
+
 class CaptionBatches(keras.utils.PyDataset):
     """(inputs (batch, ...) indexed by `image_index`, caption ids) -> ((inputs, tokens_in), tokens_out) batches.
 
@@ -96,12 +100,15 @@ def _pairs(examples, vocab: Vocabulary, max_length: int):
 @accelerated  # mixed_precision and distribute: the models below are built, compiled and fitted under them
 def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weights=None, image_size=None,
                     trainable_blocks=0, epochs=10, batch_size=32, lr=1e-3, embed=256, units=512, attention_dim=256,
-                    cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
+                    cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=None,
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
                     patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False, resume=False,
                     overwrite=False) -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
+    `min_count` None: 5 with at least MIN_COUNT_5_CAPTIONS training captions (Karpathy's recipe), else 1.
+    A frozen pretrained backbone (the default for one) runs once per image into a feature cache under `cache_dir`
+    (default captioner.features.default_cache_root()); epochs read it. End to end, batches decode their images.
     `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
     all local devices) are lm.accel's. An `out_dir` that holds a model is refused unless `overwrite` (train anew)
@@ -115,6 +122,8 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     val = split_examples(examples, val_split, required=False)
     if max_images:
         train, val = train[:max_images], val[: max(1, max_images // 10)] if val else val
+    if min_count is None:  # Karpathy's 5 on real datasets; on a few thousand captions 5 would drop most words
+        min_count = 5 if sum(len(e.captions) for e in train) >= MIN_COUNT_5_CAPTIONS else 1
     vocab = Vocabulary.build((t for e in train for t in e.captions), min_count=min_count)
     if len(vocab) <= 4:
         raise UserError(f"{data}: the training captions have no words")
@@ -127,6 +136,9 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
         cache_features = spec.family != "scratch" and trainable_blocks == 0
     if cache_features and (spec.family == "scratch" or trainable_blocks != 0):
         raise UserError("cached features need a frozen pretrained backbone (not small_cnn, no --trainable-blocks)")
+    missing = sorted({e.image for e in train + (val or []) if not os.path.isfile(e.image)})
+    if missing:  # before anything is built: a wrong --image-root is the usual cause
+        raise UserError(f"{len(missing)} image(s) not found, e.g. {missing[0]}; check the paths or --image-root")
     decoder_config = dict(embed_dim=embed, units=units, attention_dim=attention_dim, cell_type=cell,
                           dropout=dropout, attention=attention, alpha_c=alpha_c,
                           scheduled_sampling=scheduled_sampling)
@@ -156,9 +168,6 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
         if cache is not None:
             rows_source, rows = CachedGrids(cache), cache.rows([paths[i] for i in index])
         else:
-            missing = sorted({p for p in paths if not os.path.isfile(p)})
-            if missing:
-                raise UserError(f"{len(missing)} {what} image(s) not found, e.g. {missing[0]}; check --image-root")
             rows_source, rows = DecodedImages(paths, size, spec.policy), np.asarray(index, "int64")
         return StreamBatches(rows_source, rows, caps, batch_size, shuffle=shuffle, seed=seed, fixed_width=fixed,
                              drop_remainder=distribute)
@@ -187,7 +196,8 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     history = checkpoint.history
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history),
             "loss": [h.get("loss") for h in history], "val_loss": [h["val_loss"] for h in history] if val else None,
-            "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "train_images": len(train),
+            "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "min_count": min_count,
+            "train_images": len(train),
             "train_pairs": len(train_caps), "cached_features": bool(cache_features),
             "feature_cache": cache.folder if cache is not None else None, "epoch_seconds": timer.seconds}
 

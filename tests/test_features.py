@@ -278,6 +278,13 @@ def test_vqa_on_a_frozen_backbone_reads_the_cache_captions_share(tmp_path, monke
     summary = train_captioner(str(captions), str(tmp_path / "cap"), epochs=1, units=8, embed=8, attention_dim=8,
                               **{k: v for k, v in tiny.items() if k not in ("epochs", "units", "embed")})
     assert calls.images == 4 and summary["feature_cache"] == first["feature_cache"]
+    assert summary["min_count"] == 1  # few captions: every word is kept by default
+
+    # From MIN_COUNT_5_CAPTIONS training captions on, the default is Karpathy's 5 (here: no word is left).
+    from captioner import training
+    monkeypatch.setattr(training, "MIN_COUNT_5_CAPTIONS", 2)
+    with pytest.raises(UserError, match="no words"):
+        train_captioner(str(captions), str(tmp_path / "cap5"), **{k: v for k, v in tiny.items() if k != "epochs"})
 
 
 OFFLINE_CHILD = r"""
