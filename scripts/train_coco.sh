@@ -8,7 +8,7 @@
 #   DATASET_JSON  Karpathy's dataset_coco.json (from https://cs.stanford.edu/people/karpathy/deepimagesent/)
 #   COCO_ROOT     the folder holding train2014/ and val2014/
 #   OUT           model folder (default runs/coco); run again after a kill and it resumes (--resume)
-# Example: scripts/train_coco.sh data/dataset_coco.json data/coco runs/coco --batch-size 128
+# Example: scripts/train_coco.sh data/dataset_coco.json data/coco runs/coco --batch-size 64
 # Expected time: see "Real datasets" in the README (estimates from scripts/bench_scale.py throughput).
 set -euo pipefail
 if [ $# -lt 2 ]; then grep '^#' "$0" | sed 1d | sed 's/^# \{0,1\}//'; exit 2; fi
@@ -22,6 +22,6 @@ RESUME=()
 
 "$PY" -m captioner.cli train "$DATA" --image-root "$IMAGES" --out "$OUT" "${RESUME[@]}" \
   --backbone efficientnet_lite0 --weights imagenet --min-count 5 --max-length 20 \
-  --epochs 15 --batch-size 128 --monitor cider --patience 3 "$@"
+  --epochs 15 --monitor cider --patience 3 "$@"
 "$PY" -m captioner.cli evaluate "$DATA" --image-root "$IMAGES" --model "$OUT" --split test --beam 3 --json \
   | tee "$OUT/test-scores.json"

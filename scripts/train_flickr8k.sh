@@ -21,6 +21,6 @@ RESUME=()
 
 "$PY" -m captioner.cli train "$DATA" --image-root "$IMAGES" --out "$OUT" "${RESUME[@]}" \
   --backbone efficientnet_lite0 --weights imagenet --min-count 5 --max-length 20 \
-  --epochs 20 --batch-size 64 --monitor cider --patience 4 "$@"
+  --epochs 20 --monitor cider --patience 4 "$@"
 "$PY" -m captioner.cli evaluate "$DATA" --image-root "$IMAGES" --model "$OUT" --split test --beam 3 --json \
   | tee "$OUT/test-scores.json"
