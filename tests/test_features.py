@@ -247,7 +247,7 @@ def test_stream_batches_read_a_real_cache(photos, tmp_path):
 
 def test_vqa_on_a_frozen_backbone_reads_the_cache_captions_share(tmp_path, monkeypatch):
     """VQA training with a frozen pretrained backbone: the backbone runs once per image (extraction), never in an
-    epoch; a second run and a caption run on the same images reuse the same cache without a single call."""
+    epoch or in validation; a caption run on the same images reuses the same cache without a single call."""
     from captioner.training import train_captioner
     from captioner.vqa import train_vqa
     calls = Calls(monkeypatch)
@@ -258,8 +258,6 @@ def test_vqa_on_a_frozen_backbone_reads_the_cache_captions_share(tmp_path, monke
     first = train_vqa(data, str(tmp_path / "vqa1"), **tiny)
     assert calls.images == 3  # the train and val images, once each: no call in either epoch or in validation
     assert first["epochs"] == 2 and first["feature_cache"]
-    second = train_vqa(data, str(tmp_path / "vqa2"), **tiny)
-    assert calls.images == 3 and second["feature_cache"] == first["feature_cache"]
 
     # The model folder answers from images (its backbone is inside), like any other.
     from captioner.folders import load_model_dir
