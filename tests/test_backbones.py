@@ -124,7 +124,8 @@ def test_imagenet_download_failure_is_one_line(monkeypatch):
     with pytest.raises(UserError) as err:
         build_backbone("mobilenet_v3_small", weights="imagenet", image_size=32)
     msg = str(err.value)
-    assert "mobilenet_v3_small" in msg and "weights=PATH" in msg and "\n" not in msg
+    assert "mobilenet_v3_small" in msg and "--weights PATH" in msg and "\n" not in msg
+    assert backbones._keras_models_dir() in msg and "KERAS_HOME" in msg
 
 
 # ------------------------------------------------------------------------------------------------ freezing
@@ -245,11 +246,13 @@ def no_torch(monkeypatch):
 
 
 def test_lite0_classifies_imagenet_without_torch(lite0_file, no_torch):
+    """The bundled float16 weights (weights="imagenet") classify real photos and agree with a fresh float32
+    conversion of the PyTorch file."""
     import skimage.data
 
     from captioner.images import resize_image
 
-    clf = build_efficientnet_lite0_classifier(weights=lite0_file)
+    clf = build_efficientnet_lite0_classifier(weights="imagenet")
     images = np.stack([resize_image(skimage.data.chelsea(), 224), resize_image(skimage.data.coffee(), 224)])
     probs = keras.ops.convert_to_numpy(clf(images.astype("float32")))  # (2, 1000)
     top = probs.argmax(-1)
@@ -259,8 +262,12 @@ def test_lite0_classifies_imagenet_without_torch(lite0_file, no_torch):
     assert top[1] in COFFEE_IDS, report
     assert probs[0, sorted(CAT_IDS)].sum() > 0.5 and probs[1, 967] > 0.5, report
 
+    # float16 bundle vs float32 conversion: the same probabilities to within a few 1e-3.
+    probs32 = keras.ops.convert_to_numpy(build_efficientnet_lite0_classifier(weights=lite0_file)(images.astype("float32")))
+    assert np.abs(probs - probs32).max() < 5e-3
+
     # The backbone loads the same file; pooling its grid and applying the classifier's head gives the same answer.
-    encoder = build_backbone("efficientnet_lite0", weights=lite0_file)
+    encoder = build_backbone("efficientnet_lite0", weights="imagenet")
     grid = keras.ops.convert_to_numpy(encoder(images.astype("float32")))  # (2, 49, 1280)
     assert grid.shape == (2, 49, 1280)
     kernel, bias = clf.get_layer("predictions").get_weights()
@@ -269,33 +276,20 @@ def test_lite0_classifies_imagenet_without_torch(lite0_file, no_torch):
         np.exp(logits) / np.exp(logits).sum(-1, keepdims=True), probs, rtol=1e-3, atol=1e-4
     )
     assert encoder.trainable is False
+    grid32 = keras.ops.convert_to_numpy(build_backbone("efficientnet_lite0", weights=lite0_file)(images.astype("float32")))
+    assert np.linalg.norm(grid - grid32) / np.linalg.norm(grid32) < 0.02
+    assert not np.allclose(grid, keras.ops.convert_to_numpy(build_backbone("efficientnet_lite0")(images.astype("float32"))))
 
 
-def test_lite0_imagenet_uses_cache_and_explains_when_missing(lite0_file, tmp_path, monkeypatch, capsys):
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("CAPTIONER_CACHE", str(cache))
-    assert backbones.efficientnet_lite0_weights_path() == cache / "efficientnet_lite0.weights.h5"
-
-    # Missing file and no torch: a one-line UserError that names the script.
-    monkeypatch.setattr(backbones, "_torch_lite0_available", lambda: False)
+def test_lite0_bundled_file_is_the_one_place(tmp_path, monkeypatch):
+    """weights="imagenet" reads LITE0_IMAGENET_FILE (small enough to ship); without it, a one-line error."""
+    assert backbones.efficientnet_lite0_imagenet_path() == backbones.LITE0_IMAGENET_FILE
+    assert backbones.LITE0_IMAGENET_FILE.stat().st_size < 10_000_000
+    assert (backbones.LITE0_IMAGENET_FILE.parent / "NOTICE").read_text().count("Apache License") >= 1
+    monkeypatch.setattr(backbones, "LITE0_IMAGENET_FILE", tmp_path / "missing.npz")
     with pytest.raises(UserError) as err:
         build_backbone("efficientnet_lite0", weights="imagenet", image_size=64)
-    assert "convert_efficientnet_lite0.py" in str(err.value) and "\n" not in str(err.value)
-
-    # Missing file with torch: converts automatically (here: a stand-in converter that copies the file) and says so.
-    calls = []
-
-    def fake_convert(out_path, include_top=True):
-        calls.append(out_path)
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_path).write_bytes(lite0_file.read_bytes())
-        return str(out_path)
-
-    monkeypatch.setattr(backbones, "_torch_lite0_available", lambda: True)
-    monkeypatch.setattr(backbones, "convert_efficientnet_lite0", fake_convert)
-    build_backbone("efficientnet_lite0", weights="imagenet", image_size=64)
-    assert len(calls) == 1 and "converting" in capsys.readouterr().err
-
-    # Present: used as is.
-    build_backbone("efficientnet_lite0", weights="imagenet", image_size=64)
-    assert len(calls) == 1
+    assert "missing.npz" in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="cannot read"):
+        build_backbone("efficientnet_lite0", weights=tmp_path / "bad.npz", image_size=64)

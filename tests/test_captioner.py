@@ -216,8 +216,9 @@ def test_train_karpathy_json_with_cached_features(tmp_path, capsys):
     summary = json.loads(stdout)
     assert summary["cached_features"] and summary["epochs"] == 1 and summary["train_images"] == 2
     assert summary["train_pairs"] == 10 and np.isfinite(summary["loss"][0])
-    cached = np.load(out / "features" / "train.npy", mmap_mode="r")
-    assert cached.shape == (2, 1, 1280)  # 32x32 -> a 1x1 grid of MobileNetV2 features
+    from captioner.features import open_feature_cache
+    cache = open_feature_cache(summary["feature_cache"])
+    assert len(cache) == 4 and cache.grid == (1, 1280)  # 32x32 -> a 1x1 grid of MobileNetV2 features
     rc, stdout, _ = run_main(["caption", FLICKR_IMAGES[0], "--model", out, "--beam", "2", "--json"], capsys)
     assert rc == 0 and json.loads(stdout)[0]["image"] == FLICKR_IMAGES[0]
 

@@ -178,3 +178,13 @@ def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise UserError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _prepare_cached(examples, vocab, max_length, cache):
+    """Like ``_prepare`` over a feature cache (captioner.features) instead of decoded images: (grid rows
+    (captioner.streaming.CachedGrids), image_index, questions (N, T), examples, 0)."""
+    from captioner.streaming import CachedGrids
+
+    index = cache.rows([e.image for e in examples])  # (N,) cache rows
+    questions = encode_questions([e.question for e in examples], vocab, max_length)
+    return CachedGrids(cache), index, questions, examples, 0

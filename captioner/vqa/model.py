@@ -149,8 +149,12 @@ class VQAModel(keras.Model):
         return np.stack([xs, ys], -1).reshape(1, -1, 2).astype(np.float32)
 
     def encode_image(self, images, training=None):
-        """(batch, h, w, 3) RGB 0..255 -> v_I (batch, pixels, units)."""
-        grid = self.backbone(images, training=training)  # (batch, pixels, C)
+        """(batch, h, w, 3) RGB 0..255 -> v_I (batch, pixels, units). Grids already made by this frozen backbone
+        (batch, pixels, C), e.g. from a feature cache (captioner.features), skip the backbone."""
+        if len(images.shape) == 3:  # cached grids: the backbone is not called
+            grid = ops.cast(images, self.compute_dtype)  # (batch, pixels, C)
+        else:
+            grid = self.backbone(images, training=training)  # (batch, pixels, C)
         grid = self.drop(grid, training=training)
         if self.positions == "coords":
             coords = ops.convert_to_tensor(self._coords(), dtype=grid.dtype)  # (1, pixels, 2)

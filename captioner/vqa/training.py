@@ -13,7 +13,7 @@ import numpy as np
 from captioner.backbones import backbone_spec
 from captioner.folders import model_files
 from captioner.vqa.answering import _predict_logits, _score
-from captioner.vqa.data import _Batches, _check_int, _prepare, answer_list, answer_targets
+from captioner.vqa.data import _Batches, _check_int, _prepare, _prepare_cached, answer_list, answer_targets
 from captioner.vqa.model import MAX_QUESTION_LENGTH, MODES, build_vqa_model
 from lm.checkpoint import BestEpoch, check_out_dir
 from lm.data import EpochOrder
@@ -47,10 +47,12 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
               train_split: str = "train", val_split: str = "val", seed: int = 0, verbose: int = 1,
               time_budget: float | None = None, max_steps: int | None = None,
               classifier_units: int | None = None, questions_per_image: int | None = None,
-              offsets: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
+              offsets: bool = True, resume: bool = False, overwrite: bool = False, cache_dir=None) -> dict:
     """Trains a VQA model with Keras `fit` and writes a model folder (captioner.folders).
 
-    Images are decoded once into memory (uint8). Each epoch ends with VQA accuracy on `val_split`; the best epoch's
+    A frozen pretrained backbone runs once per image into the feature cache (captioner.features; ``cache_dir``,
+    default its shared root), and training reads grids from it; otherwise images are decoded once into memory
+    (uint8). Each epoch ends with VQA accuracy on `val_split`; the best epoch's
     weights are the ones written (without a validation split: the epoch of lowest training loss). The learning
     rate warms up linearly over the first tenth of the steps (at most an epoch), then follows a cosine decay to
     lr / 20 over the planned epochs; gradients are clipped to norm 5.
@@ -74,6 +76,7 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         verbose: 0 silent, 1 progress bars and one line per epoch.
         time_budget: seconds; training stops after the epoch in which they run out.
         max_steps: stop after this many batches in all (smoke tests); None = whole epochs.
+        cache_dir: root of the feature caches (default captioner.features.default_cache_root()).
         resume, overwrite: an `out_dir` holding a model is refused unless `overwrite` (train anew) or `resume`
             (continue a killed run from its last finished epoch; lm.checkpoint.check_out_dir).
 
@@ -127,14 +130,27 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
     size = model.image_size
     extra = {"max_question_length": max_length, "resize_policy": spec.policy}
 
-    tr_images, tr_index, tr_questions, train, skipped = _prepare(train, vocab, max_length, size, spec.policy,
-                                                                  verbose, "training")
+    feature_cache = None
+    if mode != "blind" and spec.family != "scratch" and trainable_blocks == 0:
+        # A frozen backbone runs once per image, into the feature cache captions share (captioner.features); the
+        # epochs then read grids and never call it.
+        from captioner.features import build_feature_cache
+        cache = build_feature_cache(model.backbone, [e.image for e in train + val], backbone_name=backbone,
+                                    image_size=size, policy=spec.policy, cache_root=cache_dir, verbose=verbose)
+        feature_cache = cache.folder
+
+        def prepare(examples, what):
+            return _prepare_cached(examples, vocab, max_length, cache)
+    else:
+        def prepare(examples, what):
+            return _prepare(examples, vocab, max_length, size, spec.policy, verbose, what)
+
+    tr_images, tr_index, tr_questions, train, skipped = prepare(train, "training")
     if skipped:
         targets = [answer_targets(e.answers, index) for e in train]
     val_data = None
     if val:
-        v_images, v_index, v_questions, val, v_skipped = _prepare(val, vocab, max_length, size, spec.policy,
-                                                                   verbose, "validation")
+        v_images, v_index, v_questions, val, v_skipped = prepare(val, "validation")
         skipped += v_skipped
         val_data = (v_images, v_index, v_questions, val)
 
@@ -201,4 +217,5 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
         "questions_per_second": round(seen / max(fit_seconds, 1e-9), 1),
         "questions_per_image": questions_per_image,
         "skipped_images": skipped,
+        "feature_cache": feature_cache,
     }
