@@ -29,6 +29,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed", type=int, default=None, help="embedding size (default: --units)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate (default 0)")
     p.add_argument("--tie", action="store_true", help="tie input embedding and output weights")
+    p.add_argument("--links", default="none", choices=["none", "residual", "dense", "highway"],
+                   help="links across stacked recurrent layers: residual (add the layer's input), dense (each "
+                        "layer reads all lower outputs), highway (gated carry) (default none)")
     p.add_argument("--epochs", type=int, default=10, help="maximum epochs (early stopping may end sooner; default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--bptt", type=int, default=35, help="truncated BPTT length in stream mode (default 35)")
@@ -59,7 +62,7 @@ def add_accel_flags(p: argparse.ArgumentParser) -> None:
 
 def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
-                tie=a.tie, epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
+                tie=a.tie, links=a.links, epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
                 time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute)
 

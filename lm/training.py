@@ -70,6 +70,7 @@ class ValidationCallback(keras.callbacks.Callback):
 @accelerated  # mixed_precision and distribute: every model below is built, compiled and fitted under them
 def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: int = 5, layers: int = 1,
                          units: int = 256, embed: int | None = None, dropout: float = 0.0, tie: bool = False,
+                         links: str = "none", init_embeddings: str = "random",
                          epochs: int = 10, batch_size: int = 32, bptt: int = 35, lr: float = 2e-3,
                          clip: float = 1.0, mode: str = "stream", min_count: int = 1, max_vocab: int | None = None,
                          patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
@@ -112,7 +113,7 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
             fit_kwargs = dict(shuffle=True)
         else:
             model_config = dict(vocab_size=len(vocab), cell_type=arch, units=units, num_layers=layers,
-                                embed_dim=embed or units, dropout=dropout, tie_weights=tie)
+                                embed_dim=embed or units, dropout=dropout, tie_weights=tie, links=links)
             if mode == "stream":
                 ids = stream_ids(splits["train"], vocab)
                 if len(ids) - 1 < batch_size * bptt:
