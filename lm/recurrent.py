@@ -56,7 +56,8 @@ class RecurrentStack(layers.Layer):
       * "dense": DenseNet-style, layer i+1 reads the concatenation of the stack input and the outputs of all
         layers below it [x_0; y_1; ..; y_i] (its kernel grows accordingly); the stack's output is the last layer's;
       * "highway": g * y + (1 - g) * x with a gate g = sigmoid(W_g x + b_g) per layer (layer 2 and up, where the
-        sizes agree); b_g starts at -1, so a fresh stack mostly carries its input up (Srivastava et al., 2015).
+        sizes agree); b_g starts at -2 (as in Kim et al., 2016), so a fresh stack mostly carries its input up
+        (Srivastava et al., 2015).
 
     Args:
         cell_type: "rnn", "gru" or "lstm".
@@ -100,7 +101,7 @@ class RecurrentStack(layers.Layer):
         self.output_dim = self.units * (2 if self.bidirectional else 1)
         # Highway gates of layers 2 and up (layer 1's input may differ in size; it never gets a link).
         self.gates = [layers.Dense(self.output_dim, activation="sigmoid", name=f"highway_{i}",
-                                   bias_initializer=keras.initializers.Constant(-1.0))
+                                   bias_initializer=keras.initializers.Constant(-2.0))
                       for i in range(1, self.num_layers)] if self.links == "highway" else []
 
     @property

@@ -106,7 +106,7 @@ def test_dense_and_highway_links_wire_the_layers():
     kernel, bias = (ops.convert_to_numpy(w) for w in highway.gates[0].weights)
     gate = 1 / (1 + np.exp(-(below @ kernel + bias)))
     np.testing.assert_allclose(ops.convert_to_numpy(highway(x)), gate * top + (1 - gate) * below, atol=1e-5)
-    assert np.all(bias == -1.0)  # a fresh highway stack mostly carries its input up
+    assert np.all(bias == -2.0)  # a fresh highway stack mostly carries its input up
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
