@@ -147,8 +147,8 @@ def glove_matrix(words, dim: int, glove: WordVectors, seed: int = 0) -> tuple[np
         rows = rows @ q.T  # (found, dim); dot products unchanged
     elif dim < glove.dim and len(rows):
         centred = rows - rows.mean(axis=0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)  # principal directions, largest first
-        rows = rows @ vt[:dim].T  # (found, dim)
+        _, vecs = np.linalg.eigh(centred.T @ centred)  # (glove_dim, glove_dim), columns by ascending variance
+        rows = rows @ vecs[:, ::-1][:, :dim]  # (found, dim): the `dim` principal directions
     std = float(rows.std()) if len(rows) else 0.1
     matrix = rng.normal(0.0, std, size=(len(words), dim))
     if found:
