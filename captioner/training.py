@@ -109,11 +109,13 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
-                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False) -> dict:
+                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False,
+                    init_embeddings="random") -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
     `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
-    all local devices) are lm.accel's."""
+    all local devices) are lm.accel's. `init_embeddings="glove"` starts the word embedding from GloVe (lm.vectors;
+    before `init_from_lm`, whose words then win)."""
     from captioner.backbones import backbone_spec
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
@@ -140,6 +142,13 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     model = ImageCaptioner(vocab_size=len(vocab), backbone=backbone, image_size=size,
                            trainable_blocks=trainable_blocks, decoder=decoder_config, backbone_weights=weights)
     model.build(((None, *size, 3), (None, None)))
+    if init_embeddings == "glove":
+        from lm.vectors import init_embedding_from_glove
+        report = init_embedding_from_glove(model.decoder.embedding, vocab.itos, seed=seed)
+        if verbose:
+            print(report)
+    elif init_embeddings != "random":
+        raise UserError(f"unknown --init-embeddings {init_embeddings!r}: choose random or glove")
     if init_from_lm:
         report = init_decoder_from_lm(model.decoder, vocab, init_from_lm)
         if verbose:

@@ -130,3 +130,23 @@ def test_missing_glove_is_a_one_line_error(monkeypatch, capsys, tmp_path):
     assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "m"), "--arch", "ngram",
                      "--init-embeddings", "glove"]) == 2
     assert "needs a neural model" in capsys.readouterr().err
+
+
+def test_captioner_train_init_embeddings_glove(glove_dir, tmp_path, monkeypatch, capsys):
+    import os
+    from captioner import cli as captioner_cli
+    from captioner.model import load_model_dir as load_captioner
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    monkeypatch.setenv("LM_GLOVE_DIR", glove_dir)
+    out = tmp_path / "captioner"
+    assert captioner_cli.main(["train", os.path.join(fixtures, "flickr8k"), "--out", str(out), "--image-size", "32",
+                               "--epochs", "1", "--units", "8", "--embed", "8", "--attention-dim", "8",
+                               "--batch-size", "16", "--max-length", "12", "--lr", "0",
+                               "--init-embeddings", "glove"]) == 0
+    assert "embeddings from GloVe:" in capsys.readouterr().out
+    loaded = load_captioner(str(out), task="caption")
+    matrix = keras.ops.convert_to_numpy(loaded.model.decoder.embedding.embeddings)
+    np.testing.assert_array_equal(matrix[loaded.vocab.stoi["the"]], load_glove(glove_dir).vector("the"))
+    assert captioner_cli.main(["train", os.path.join(fixtures, "vqa.jsonl"), "--out", str(tmp_path / "vqa"),
+                               "--init-embeddings", "glove"]) == 2
+    assert "caption training only" in capsys.readouterr().err
