@@ -253,6 +253,9 @@ def cmd_gradients(a) -> int:
         raise UserError("need --steps, --windows, --batch-size, --units, --layers >= 1 and --clip >= 0")
     if a.out and not a.out.lower().endswith(".png"):
         raise UserError(f"--out {a.out}: give a .png file name")
+    if a.out:
+        from lm.diagnostics import pyplot
+        pyplot()  # before the work: a missing matplotlib is a one-line error now, not after minutes
     if a.model and (a.arch or a.layers != 1 or a.links != "none"):
         raise UserError("--arch, --layers and --links describe fresh models; --model uses the folder's own")
     entries = None if a.model else parse_entries(a.arch or "rnn,gru,lstm", a.links)

@@ -193,8 +193,8 @@ def fresh_model(vocab_size: int, cell_type: str, units: int, layers: int = 1, li
     return model
 
 
-def plot_curves(results: dict, path: str, title: str, layer_label: str) -> None:
-    """One line per entry, log-scale y: the gradient norm against t. Needs matplotlib (the [plots] extra)."""
+def pyplot():
+    """matplotlib.pyplot on a file-only backend, or a one-line UserError naming the extra to install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -202,6 +202,12 @@ def plot_curves(results: dict, path: str, title: str, layer_label: str) -> None:
     except ImportError:
         raise UserError("the plot needs matplotlib: pip install 'attend-caption-lm[plots]' (or leave out --out)") \
             from None
+    return plt
+
+
+def plot_curves(results: dict, path: str, title: str, layer_label: str) -> None:
+    """One line per entry, log-scale y: the gradient norm against t. Needs matplotlib (the [plots] extra)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for label, curve in results.items():
         t, g = np.asarray(curve["t"]), np.asarray(curve["grad_norm"], "float64")
