@@ -95,7 +95,7 @@ def last_step_loss(model, inputs, targets, perturbation, clip: float | None = No
             s = list(s) if isinstance(s, (list, tuple)) else [s]
             h = h + perturbation[i, :, t]  # the hidden state that goes up and on in time
             new_states.append([h] + s[1:])  # [h] or [h, c]: a cell's first state is its output
-            x = stack._link(i, x, h, training=False)
+            x = stack.link(i, x, h, training=False)
         states = new_states
     logits = model.logits_from_hidden(x)  # (batch, vocab)
     losses = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)  # (batch,)

@@ -131,7 +131,7 @@ class RecurrentStack(layers.Layer):
         n = state_count(self.cell_type)
         return [[ops.zeros((batch_size, self.units), dtype=dtype) for _ in range(n)] for _ in range(self.num_layers)]
 
-    def _link(self, index, x, y, training):
+    def link(self, index, x, y, training=False):
         """Layer `index`'s input x and output y -> what the next layer reads (and, for the last layer, the output).
 
         Works on (batch, time, features) and (batch, features) alike. Dense links also return the output alone,
@@ -160,7 +160,7 @@ class RecurrentStack(layers.Layer):
             result = rnn(x, initial_state=init, mask=mask, training=training)
             y, states = result[0], list(result[1:])  # y: (batch, time, output_dim)
             final_states.append(states)
-            x = self._link(i, x, y, training)
+            x = self.link(i, x, y, training)
         return (x, final_states) if return_states else x
 
     def step(self, inputs, states, training=False):
@@ -174,7 +174,7 @@ class RecurrentStack(layers.Layer):
             h, s = cell(x, list(states[i]), training=training)  # h: (batch, units)
             s = list(s) if isinstance(s, (list, tuple)) else [s]
             new_states.append(s)
-            x = self._link(i, x, h, training)
+            x = self.link(i, x, h, training)
         return x, new_states
 
     def compute_output_shape(self, input_shape):

@@ -70,12 +70,11 @@ class ValidationCallback(keras.callbacks.Callback):
 @accelerated  # mixed_precision and distribute: every model below is built, compiled and fitted under them
 def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: int = 5, layers: int = 1,
                          units: int = 256, embed: int | None = None, dropout: float = 0.0, tie: bool = False,
-                         links: str = "none", init_embeddings: str = "random",
                          epochs: int = 10, batch_size: int = 32, bptt: int = 35, lr: float = 2e-3,
                          clip: float = 1.0, mode: str = "stream", min_count: int = 1, max_vocab: int | None = None,
                          patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
                          time_budget: float | None = None, mixed_precision: bool = False, jit="auto",
-                         distribute: bool = False) -> dict:
+                         distribute: bool = False, links: str = "none", init_embeddings: str = "random") -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
     (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's.
