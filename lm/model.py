@@ -22,7 +22,8 @@ class LanguageModel(keras.Model):
         dropout: dropout on the embeddings, between layers and before the softmax.
         tie_weights: share the embedding matrix with the output layer (a projection units -> embed_dim is added
             when they differ).
-        residual: residual links between recurrent layers of equal size.
+        links: links across recurrent layers: "none", "residual", "dense" or "highway" (lm.recurrent).
+        residual: the switch `links` replaced (model folders written before it): True means links="residual".
         stateful: carry the final states of each batch into the next (stream training with truncated BPTT);
             needs `batch_size`. The states live in non-trainable variables that the model assigns itself, which
             works under `fit` on TensorFlow, JAX and PyTorch alike. Reset them with `reset_states()`.
@@ -34,7 +35,7 @@ class LanguageModel(keras.Model):
     """
 
     def __init__(self, vocab_size, cell_type="lstm", units=256, num_layers=1, embed_dim=None, dropout=0.0,
-                 tie_weights=False, residual=False, stateful=False, batch_size=None, **kwargs):
+                 tie_weights=False, links=None, stateful=False, batch_size=None, residual=None, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = int(vocab_size)
         self.cell_type = cell_type
@@ -43,15 +44,15 @@ class LanguageModel(keras.Model):
         self.embed_dim = int(embed_dim or units)
         self.dropout = float(dropout)
         self.tie_weights = bool(tie_weights)
-        self.residual = bool(residual)
         self.stateful = bool(stateful)
         self.batch_size = None if batch_size is None else int(batch_size)
         if self.stateful and not self.batch_size:
             raise ValueError("a stateful LanguageModel needs batch_size")
         self.embedding = layers.Embedding(self.vocab_size, self.embed_dim, name="embedding")
         self.input_dropout = layers.Dropout(self.dropout)
-        self.stack = RecurrentStack(cell_type, self.units, self.num_layers, dropout=self.dropout,
-                                    residual=self.residual, name="stack")
+        self.stack = RecurrentStack(cell_type, self.units, self.num_layers, dropout=self.dropout, links=links,
+                                    residual=residual, name="stack")
+        self.links = self.stack.links
         self.output_dropout = layers.Dropout(self.dropout)
         if self.tie_weights:
             self.projection = (layers.Dense(self.embed_dim, name="projection")
@@ -135,7 +136,7 @@ class LanguageModel(keras.Model):
         config = super().get_config()
         config.update(vocab_size=self.vocab_size, cell_type=self.cell_type, units=self.units,
                       num_layers=self.num_layers, embed_dim=self.embed_dim, dropout=self.dropout,
-                      tie_weights=self.tie_weights, residual=self.residual, stateful=self.stateful,
+                      tie_weights=self.tie_weights, links=self.links, stateful=self.stateful,
                       batch_size=self.batch_size)
         return config
 

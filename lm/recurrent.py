@@ -17,6 +17,7 @@ import keras
 from keras import layers, ops
 
 CELL_TYPES = ("rnn", "gru", "lstm")
+LINKS = ("none", "residual", "dense", "highway")
 _SEQUENCE_LAYERS = {"rnn": layers.SimpleRNN, "gru": layers.GRU, "lstm": layers.LSTM}
 _CELLS = {"rnn": layers.SimpleRNNCell, "gru": layers.GRUCell, "lstm": layers.LSTMCell}
 
@@ -33,6 +34,13 @@ def make_cell(cell_type: str, units: int, name: str | None = None) -> layers.Lay
     return _CELLS[check_cell_type(cell_type)](units, name=name)
 
 
+def check_links(links: str) -> str:
+    links = str(links).lower()
+    if links not in LINKS:
+        raise ValueError(f"links must be one of {', '.join(LINKS)}, got {links!r}")
+    return links
+
+
 def state_count(cell_type: str) -> int:
     """How many state tensors a cell carries: 2 for LSTM (h, c), 1 otherwise."""
     return 2 if check_cell_type(cell_type) == "lstm" else 1
@@ -40,30 +48,45 @@ def state_count(cell_type: str) -> int:
 
 @keras.saving.register_keras_serializable(package="lm")
 class RecurrentStack(layers.Layer):
-    """N stacked recurrent layers with dropout between them and optional residual links.
+    """N stacked recurrent layers with dropout between them and optional links across layers.
+
+    Links (what reaches layer i+1 besides layer i's output; `x` is layer i's input, `y` its output):
+      * "none": y only;
+      * "residual": y + x, where the sizes agree (layer 2 and up);
+      * "dense": DenseNet-style, layer i+1 reads the concatenation of the stack input and the outputs of all
+        layers below it [x_0; y_1; ..; y_i] (its kernel grows accordingly); the stack's output is the last layer's;
+      * "highway": g * y + (1 - g) * x with a gate g = sigmoid(W_g x + b_g) per layer (layer 2 and up, where the
+        sizes agree); b_g starts at -2 (as in Kim et al., 2016), so a fresh stack mostly carries its input up
+        (Srivastava et al., 2015).
 
     Args:
         cell_type: "rnn", "gru" or "lstm".
         units: hidden size of every layer.
         num_layers: how many layers are stacked.
         dropout: dropout rate on the output of every layer but the last (between layers).
-        residual: add each layer's input to its output where the sizes agree (layer 2 and up).
+        links: "none", "residual", "dense" or "highway" (see above).
         bidirectional: run every layer both ways and concatenate (encoders; `step()` is then unavailable).
+        residual: the switch `links` replaced, still read from model folders written before it: True means
+            links="residual", False links="none" (ignored when `links` is given).
 
     Example:
-        >>> stack = RecurrentStack("lstm", units=8, num_layers=2)
+        >>> stack = RecurrentStack("lstm", units=8, num_layers=2, links="highway")
         >>> outputs, states = stack(ops.zeros((2, 5, 4)), return_states=True)  # (2, 5, 8), [[h, c], [h, c]]
         >>> y, states = stack.step(ops.zeros((2, 4)), stack.initial_states(2))  # (2, 8)
     """
 
-    def __init__(self, cell_type="lstm", units=256, num_layers=1, dropout=0.0, residual=False,
-                 bidirectional=False, **kwargs):
+    def __init__(self, cell_type="lstm", units=256, num_layers=1, dropout=0.0, links=None, bidirectional=False,
+                 residual=None, **kwargs):
         super().__init__(**kwargs)
+        if links is None:
+            links = "residual" if residual else "none"
+        elif residual and check_links(links) != "residual":
+            raise ValueError(f"residual=True contradicts links={links!r}; give links only")
         self.cell_type = check_cell_type(cell_type)
         self.units = int(units)
         self.num_layers = int(num_layers)
         self.dropout = float(dropout)
-        self.residual = bool(residual)
+        self.links = check_links(links)
         self.bidirectional = bool(bidirectional)
         if self.num_layers < 1:
             raise ValueError("num_layers must be >= 1")
@@ -76,12 +99,24 @@ class RecurrentStack(layers.Layer):
             self.rnn_layers.append(rnn)
         self.between = layers.Dropout(self.dropout)
         self.output_dim = self.units * (2 if self.bidirectional else 1)
+        # Highway gates of layers 2 and up (layer 1's input may differ in size; it never gets a link).
+        self.gates = [layers.Dense(self.output_dim, activation="sigmoid", name=f"highway_{i}",
+                                   bias_initializer=keras.initializers.Constant(-2.0))
+                      for i in range(1, self.num_layers)] if self.links == "highway" else []
+
+    @property
+    def residual(self) -> bool:
+        """The old switch, for code that reads it: True when links == "residual"."""
+        return self.links == "residual"
 
     def build(self, input_shape):
         shape = tuple(input_shape)
-        for rnn in self.rnn_layers:
+        for i, rnn in enumerate(self.rnn_layers):
             rnn.build(shape)
-            shape = shape[:-1] + (self.output_dim,)
+            if self.links == "highway" and i > 0:
+                self.gates[i - 1].build(shape)
+            width = shape[-1] + self.output_dim if self.links == "dense" else self.output_dim
+            shape = shape[:-1] + (width,)
         self.built = True
 
     @property
@@ -96,8 +131,23 @@ class RecurrentStack(layers.Layer):
         n = state_count(self.cell_type)
         return [[ops.zeros((batch_size, self.units), dtype=dtype) for _ in range(n)] for _ in range(self.num_layers)]
 
-    def _uses_residual(self, index, input_dim) -> bool:
-        return self.residual and index > 0 and input_dim == self.output_dim
+    def link(self, index, x, y, training=False):
+        """Layer `index`'s input x and output y -> what the next layer reads (and, for the last layer, the output).
+
+        Works on (batch, time, features) and (batch, features) alike. Dense links also return the output alone,
+        which is the stack's output when this is the last layer.
+        """
+        same_size = index > 0 and x.shape[-1] == self.output_dim
+        if self.links == "residual" and same_size:
+            y = y + x
+        elif self.links == "highway" and same_size:
+            gate = ops.cast(self.gates[index - 1](x), y.dtype)  # (..., output_dim) in (0, 1)
+            y = gate * y + (1.0 - gate) * x
+        if index < self.num_layers - 1:
+            y = self.between(y, training=training)
+            if self.links == "dense":
+                return ops.concatenate([x, y], axis=-1)  # (..., input + (index + 1) * output_dim)
+        return y
 
     def call(self, inputs, initial_states=None, mask=None, training=None, return_states=False):
         """Whole sequences: inputs (batch, time, features) -> (batch, time, units) [, states per layer]."""
@@ -109,12 +159,8 @@ class RecurrentStack(layers.Layer):
                 init = list(init)
             result = rnn(x, initial_state=init, mask=mask, training=training)
             y, states = result[0], list(result[1:])  # y: (batch, time, output_dim)
-            if self._uses_residual(i, x.shape[-1]):
-                y = y + x
-            if i < self.num_layers - 1:
-                y = self.between(y, training=training)
             final_states.append(states)
-            x = y
+            x = self.link(i, x, y, training)
         return (x, final_states) if return_states else x
 
     def step(self, inputs, states, training=False):
@@ -127,12 +173,8 @@ class RecurrentStack(layers.Layer):
         for i, cell in enumerate(self.cells):
             h, s = cell(x, list(states[i]), training=training)  # h: (batch, units)
             s = list(s) if isinstance(s, (list, tuple)) else [s]
-            if self._uses_residual(i, x.shape[-1]):
-                h = h + x
-            if i < self.num_layers - 1:
-                h = self.between(h, training=training)
             new_states.append(s)
-            x = h
+            x = self.link(i, x, h, training)
         return x, new_states
 
     def compute_output_shape(self, input_shape):
@@ -141,5 +183,5 @@ class RecurrentStack(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(cell_type=self.cell_type, units=self.units, num_layers=self.num_layers, dropout=self.dropout,
-                      residual=self.residual, bidirectional=self.bidirectional)
+                      links=self.links, bidirectional=self.bidirectional)
         return config

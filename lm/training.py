@@ -40,14 +40,24 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                          clip: float = 1.0, mode: str = "stream", min_count: int = 1, max_vocab: int | None = None,
                          patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
                          time_budget: float | None = None, mixed_precision: bool = False, jit="auto",
-                         distribute: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
+                         distribute: bool = False, resume: bool = False, overwrite: bool = False,
+                         links: str = "none", init_embeddings: str = "random") -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
     (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's.
     An `out_dir` that holds a model is refused unless `overwrite` (train anew) or `resume` (continue the killed
-    run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir)."""
+    run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir).
+    `links` joins stacked recurrent layers (none, residual, dense, highway: lm.recurrent); `init_embeddings="glove"`
+    starts the input embedding from GloVe (lm.vectors)."""
     if arch not in ("ngram", "window") + RECURRENT_ARCHS:
         raise UserError(f"unknown --arch {arch!r}: choose ngram, window, rnn, gru or lstm")
+    if init_embeddings not in ("random", "glove"):
+        raise UserError(f"unknown --init-embeddings {init_embeddings!r}: choose random or glove")
+    if init_embeddings == "glove" and arch == "ngram":
+        raise UserError("--init-embeddings glove needs a neural model (window, rnn, gru, lstm), not ngram")
+    from lm.recurrent import LINKS
+    if links not in LINKS:
+        raise UserError(f"unknown --links {links!r}: choose {', '.join(LINKS)}")
     if mode not in ("stream", "sentence"):
         raise UserError(f"unknown --mode {mode!r}: choose stream or sentence")
     resuming = check_out_dir(out_dir, resume, overwrite)
@@ -82,7 +92,7 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
             fit_kwargs = dict(shuffle=True)
         else:
             model_config = dict(vocab_size=len(vocab), cell_type=arch, units=units, num_layers=layers,
-                                embed_dim=embed or units, dropout=dropout, tie_weights=tie)
+                                embed_dim=embed or units, dropout=dropout, tie_weights=tie, links=links)
             if mode == "stream":
                 ids = stream_ids(splits["train"], vocab)
                 if len(ids) - 1 < batch_size * bptt:
@@ -97,6 +107,11 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                 fit_kwargs = dict(shuffle=True)
             with full_precision():  # validation in float32 whatever the training precision
                 eval_model = build_model(arch, model_config)
+        if init_embeddings == "glove":
+            from lm.vectors import init_embedding_from_glove
+            report = init_embedding_from_glove(model.embedding, vocab.itos, seed=seed)
+            if verbose:
+                print(report, flush=True)
         if distribute and len(x) > batch_size:  # equal shards on every device: no ragged last batch
             x, y = x[: len(x) - len(x) % batch_size], y[: len(y) - len(y) % batch_size]
         model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_option(jit))

@@ -25,10 +25,11 @@ def _loop_steps(stack, x, states):
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("num_layers,residual", [(1, False), (2, False), (2, True)])
-def test_step_loop_equals_whole_sequence(cell_type, num_layers, residual):
+@pytest.mark.parametrize("num_layers,links", [(1, "none"), (2, "none"), (2, "residual"), (3, "dense"),
+                                              (3, "highway")])
+def test_step_loop_equals_whole_sequence(cell_type, num_layers, links):
     keras.utils.set_random_seed(1)
-    stack = RecurrentStack(cell_type, units=UNITS, num_layers=num_layers, residual=residual, dropout=0.5)
+    stack = RecurrentStack(cell_type, units=UNITS, num_layers=num_layers, links=links, dropout=0.5)
     x = _inputs()
     whole, final = stack(x, return_states=True)  # (batch, time, units); dropout is off at inference
     assert tuple(whole.shape) == (BATCH, TIME, UNITS)
@@ -70,6 +71,44 @@ def test_residual_changes_the_output():
     np.testing.assert_allclose(difference, ops.convert_to_numpy(first(x)), atol=1e-5)
 
 
+def test_old_residual_switch_still_builds_residual_links():
+    """Configs written before `links` carry `residual`; they must build the same stack as links="residual"."""
+    old = RecurrentStack("gru", units=UNITS, num_layers=2, residual=True)
+    assert old.links == "residual" and old.residual
+    assert RecurrentStack("gru", units=UNITS, num_layers=2, residual=False).links == "none"
+    new = RecurrentStack.from_config(old.get_config())
+    x = _inputs()
+    old(x), new(x)
+    new.set_weights(old.get_weights())
+    np.testing.assert_array_equal(ops.convert_to_numpy(new(x)), ops.convert_to_numpy(old(x)))
+    with pytest.raises(ValueError, match="contradicts"):
+        RecurrentStack("gru", units=UNITS, num_layers=2, residual=True, links="dense")
+    with pytest.raises(ValueError, match="links must be one of"):
+        RecurrentStack("gru", units=UNITS, links="skip")
+
+
+def test_dense_and_highway_links_wire_the_layers():
+    keras.utils.set_random_seed(5)
+    x = _inputs()
+    dense = RecurrentStack("rnn", units=UNITS, num_layers=3, links="dense")
+    dense(x)
+    # Layer 3 reads [stack input; layer 1 output; layer 2 output].
+    assert [tuple(rnn.cell.kernel.shape) for rnn in dense.rnn_layers] == \
+        [(FEATURES, UNITS), (FEATURES + UNITS, UNITS), (FEATURES + 2 * UNITS, UNITS)]
+    highway = RecurrentStack("rnn", units=UNITS, num_layers=2, links="highway")
+    plain = RecurrentStack("rnn", units=UNITS, num_layers=2)
+    highway(x), plain(x)
+    plain.set_weights(highway.get_weights()[:6])
+    first = RecurrentStack("rnn", units=UNITS, num_layers=1)
+    first(x)
+    first.set_weights(highway.get_weights()[:3])
+    below, top = ops.convert_to_numpy(first(x)), ops.convert_to_numpy(plain(x))  # layer 1, layer 2 outputs
+    kernel, bias = (ops.convert_to_numpy(w) for w in highway.gates[0].weights)
+    gate = 1 / (1 + np.exp(-(below @ kernel + bias)))
+    np.testing.assert_allclose(ops.convert_to_numpy(highway(x)), gate * top + (1 - gate) * below, atol=1e-5)
+    assert np.all(bias == -2.0)  # a fresh highway stack mostly carries its input up
+
+
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
 def test_bidirectional_output_size(cell_type):
     stack = RecurrentStack(cell_type, units=4, num_layers=2, bidirectional=True)
@@ -82,12 +121,13 @@ def test_bidirectional_output_size(cell_type):
         stack.cells
 
 
-def test_get_config_round_trip():
-    stack = RecurrentStack("GRU", units=5, num_layers=3, dropout=0.25, residual=True, bidirectional=True,
+@pytest.mark.parametrize("links", ["residual", "dense", "highway"])
+def test_get_config_round_trip(links):
+    stack = RecurrentStack("GRU", units=5, num_layers=3, dropout=0.25, links=links, bidirectional=True,
                            name="enc")
     config = stack.get_config()
-    assert {k: config[k] for k in ("cell_type", "units", "num_layers", "dropout", "residual", "bidirectional")} == \
-        dict(cell_type="gru", units=5, num_layers=3, dropout=0.25, residual=True, bidirectional=True)
+    assert {k: config[k] for k in ("cell_type", "units", "num_layers", "dropout", "links", "bidirectional")} == \
+        dict(cell_type="gru", units=5, num_layers=3, dropout=0.25, links=links, bidirectional=True)
     again = RecurrentStack.from_config(config)
     assert again.get_config() == config
     # Same weights -> same outputs.
