@@ -316,7 +316,7 @@ def load_images(
     """Decodes and resizes a batch of images; a bad item does not spoil the batch.
 
     Args:
-        sources: paths, bytes, or already-decoded (H, W, 3) arrays.
+        sources: paths, bytes, PIL images, or already-decoded (H, W, 3) arrays.
         size: target (height, width), or an int for a square.
         policy: resize policy, see ``resize_image``.
         max_pixels: per-image limit, see ``decode_image``.
@@ -341,6 +341,8 @@ def load_images(
         try:
             if isinstance(source, np.ndarray):
                 pixels = source
+            elif isinstance(source, Image.Image):  # a PIL image (the Python API): any mode, like a decoded file
+                pixels = _to_rgb(source, "<PIL image>")
             else:
                 pixels = decode_image(source, max_pixels=max_pixels, min_size=max(height, width))
             images[i] = resize_image(pixels, (height, width), policy)
