@@ -211,6 +211,16 @@ def fit_domain(train: dict, heldout: dict, trained_on: str = "", quantile: float
     return stats
 
 
+def _data_name(data) -> str:
+    """What `trained_on` says for a dataset path: "the images of NAME" (its file or folder name, never the full
+    path, which would end up in exported models)."""
+    path = os.path.normpath(os.fspath(data))
+    name = os.path.basename(path)
+    if name.startswith(("dataset_", "vqa", "captions", "questions")) or "." in name:  # a file: name its folder too
+        name = f"{os.path.basename(os.path.dirname(path))}/{name}"
+    return f"the images of {name}"
+
+
 def backbone_grid(model, images, batch_size: int = 64) -> np.ndarray:
     """The backbone grid (N, pixels, C) of a captioner or VQA model for images (N, h, w, 3) 0..255, in batches."""
     from keras import ops
@@ -228,7 +238,8 @@ def calibrate_model_dir(directory, train_images, heldout_images, trained_on: str
     Args:
         directory: the model folder (its own weights compute the features).
         train_images: (N, h, w, 3) 0..255 images of the training split, already resized for the model.
-        heldout_images: (M, h, w, 3) in-domain images not used for fitting (the validation split).
+        heldout_images: (M, h, w, 3) in-domain images not used for fitting (the validation split); None: a fifth
+            of the training images is held out.
         trained_on: what the images are; default: the folder's config "data" (its base name).
         max_train: at most this many training images are used (a random subset).
 
@@ -238,12 +249,16 @@ def calibrate_model_dir(directory, train_images, heldout_images, trained_on: str
     from captioner.model import load_model_dir
     loaded = load_model_dir(directory)
     train_images = np.asarray(train_images)
+    if heldout_images is None or len(heldout_images) == 0:  # no validation split: hold out a fifth of training
+        cut = max(1, len(train_images) // 5)
+        order = np.random.default_rng(seed).permutation(len(train_images))
+        train_images, heldout_images = train_images[order[cut:]], train_images[order[:cut]]
     if len(train_images) > max_train:
         pick = np.sort(np.random.default_rng(seed).choice(len(train_images), max_train, replace=False))
         train_images = train_images[pick]
     if not trained_on:
         data = loaded.config.get("data") or ""
-        trained_on = data if " " in data else (os.path.basename(os.path.normpath(data)) if data else "its data")
+        trained_on = data if " " in data else (_data_name(data) if data else "its training data")
     heldout_images = np.asarray(heldout_images)
     stats = fit_domain(image_features(train_images, backbone_grid(loaded.model, train_images)),
                        image_features(heldout_images, backbone_grid(loaded.model, heldout_images)),
@@ -291,8 +306,7 @@ def calibrate_from_data(directory, data, image_root=None, annotations=None, trai
 
     train_images, heldout_images = decode(train_paths), decode(heldout_paths)
     if not trained_on:
-        data_name = os.path.basename(os.path.normpath(os.fspath(data)))
-        trained_on = loaded.config.get("data") if " " in str(loaded.config.get("data", "")) else data_name
+        trained_on = _data_name(data)
     stats = calibrate_model_dir(directory, train_images, heldout_images, trained_on=trained_on, max_train=max_train)
     if verbose:
         print(f"wrote {os.path.join(os.fspath(directory), FILENAME)}: {stats.train_images} training images, "
@@ -300,10 +314,36 @@ def calibrate_from_data(directory, data, image_root=None, annotations=None, trai
     return stats
 
 
+def evaluate_domain(loaded, sources, batch_size: int = 64) -> dict | None:
+    """How many of a dataset's images lie out of a loaded model's domain (what `captioner evaluate` reports):
+    {"images", "out_of_domain", "out_of_domain_rate", "mean_domain_score", "trained_on"}; None without statistics.
+    Unreadable images are left out."""
+    from captioner.images import load_images
+    stats = load_domain(loaded.directory) if loaded.directory else None
+    if stats is None or getattr(loaded.model, "backbone", None) is None:
+        return None
+    scores = []
+    for start in range(0, len(sources), batch_size):
+        images, errors = load_images(sources[start: start + batch_size], loaded.image_size, loaded.resize_policy)
+        images = images[[e is None for e in errors]]
+        if len(images):
+            scores.extend(stats.score(images, backbone_grid(loaded.model, images)).tolist())
+    if not scores:
+        return None
+    outside = int(sum(s > 1.0 for s in scores))
+    return {"images": len(scores), "out_of_domain": outside, "out_of_domain_rate": outside / len(scores),
+            "mean_domain_score": float(np.mean(scores)), "trained_on": stats.trained_on}
+
+
 def warning_line(name: str, stats: DomainStats | None, score: float, task: str = "caption") -> str:
-    """The one stderr line for an out-of-domain image: what the model knows, and how to get one that knows more."""
+    """The one stderr line for an out-of-domain image: what the model knows, and how to get one that knows more.
+
+    Example:
+        >>> warning_line("cat.jpg", stats, 4.1)
+        'cat.jpg is out of the model's domain (domain_score 4.1 > 1): it was trained on synthetic scenes ..., so
+        its caption is probably wrong; to caption such images, train a model on them: captioner train DATA --out DIR'
+    """
     what = stats.trained_on if stats is not None and stats.trained_on else "other images"
-    answer = "caption" if task == "caption" else "answer"
-    return (f"{name}: warning: out of domain (domain_score {score:.1f} > 1): this model was trained on {what}, "
-            f"so its {answer} is probably wrong; for such images train one with "
-            f"`captioner train DATA --out DIR`")
+    noun, verb = ("caption", "caption") if task == "caption" else ("answer", "ask about")
+    return (f"{name} is out of the model's domain (domain_score {score:.1f} > 1): it was trained on {what}, so its "
+            f"{noun} is probably wrong; to {verb} such images, train a model on them: captioner train DATA --out DIR")

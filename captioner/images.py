@@ -21,6 +21,7 @@ import io
 import os
 import struct
 import threading
+import warnings
 from typing import Iterable, Sequence, Union
 
 import numpy as np
@@ -166,6 +167,19 @@ def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).copy()  # (H, W, 3)
 
 
+def _open_unchecked(data: bytes) -> Image.Image:
+    """Image.open without Pillow's own decompression-bomb check (a warning printed on stderr above 89 megapixels, an
+    error above 179): decode_image checks the size itself against its max_pixels, which a user may raise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _TRUNCATION_LOCK:  # MAX_IMAGE_PIXELS is process-wide: switch it off only around this open
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                return Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+
+
 def decode_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_size: int | None = None) -> np.ndarray:
     """Decodes an image file (path or bytes) into uint8 RGB pixels.
 
@@ -193,7 +207,7 @@ def decode_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_size: int 
     """
     data, name = _read_source(source)
     try:
-        im = Image.open(io.BytesIO(data))
+        im = _open_unchecked(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{name}: image is too large to decode safely ({e}); resize it first") from None
     except UnidentifiedImageError:

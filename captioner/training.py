@@ -176,6 +176,8 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                           callbacks=[checkpoint], steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. no validation split: keep the last epoch
         save_model_dir(out_dir, "caption", model, vocab, extra)
+    from captioner.domain import _data_name, calibrate_model_dir
+    calibrate_model_dir(out_dir, train_images, val_images, trained_on=_data_name(data))  # domain.npz: what out-of-domain images are measured by
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history.history.get("loss", [])),
             "loss": history.history.get("loss"), "val_loss": history.history.get("val_loss"),
             "vocab_size": len(vocab), "train_images": len(train), "train_pairs": len(train_caps),

@@ -652,6 +652,10 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
     fit_seconds = time.perf_counter() - fit_start
     if best.best_weights is not None:
         model.set_weights(best.best_weights)
+    from captioner.domain import _data_name, calibrate_model_dir
+    if model.backbone is not None:  # domain.npz: what out-of-domain images are measured by (blind: no image)
+        calibrate_model_dir(out_dir, tr_images, val_data[0] if val_data is not None else None,
+                            trained_on=_data_name(data_path))
     seen = len(best.history) * len(train) if max_steps is None else min(len(train), int(max_steps) * batch_size)
     return {
         "out_dir": os.path.abspath(out_dir),

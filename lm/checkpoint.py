@@ -137,6 +137,10 @@ def load_model_dir(directory=None) -> LoadedModel:
     config, vocab = read_model_folder(directory, what="language-model", how_to_make="lm train CORPUS --out DIR")
     arch = config.get("arch")
     if arch not in ARCHS:
+        if config.get("task") in ("caption", "vqa"):  # a captioner folder handed to `lm`
+            kind = "captioner" if config["task"] == "caption" else "VQA model"
+            raise UserError(f"{directory}: this is a {kind} folder (use it with the `captioner` command), not a "
+                            "language-model folder")
         raise UserError(f"{directory}: unknown architecture {arch!r} in config.json")
     if arch == "ngram":
         from lm.ngram import KneserNeyLM
