@@ -457,11 +457,14 @@ COMMANDS = {"caption": cmd_caption, "ask": cmd_ask, "train": cmd_train, "evaluat
             "export": cmd_export, "scenes": cmd_scenes, "demo": cmd_demo, "calibrate": cmd_calibrate}
 
 
+FAST_COMMANDS = ("caption", "ask", "classify")  # inference only: Keras' NumPy backend (lm.startup)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     # cmd_train compares the flags given with TRAIN_FLAG_TASKS, so it needs the command line as typed.
     parser.train_parser.set_defaults(_argv=list(sys.argv[1:] if argv is None else argv), _parser=parser.train_parser)
-    return run_cli("captioner", parser, COMMANDS, argv)
+    return run_cli("captioner", parser, COMMANDS, argv, fast_commands=FAST_COMMANDS)
 
 
 if __name__ == "__main__":

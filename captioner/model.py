@@ -185,14 +185,17 @@ def load_model_dir(directory=None, task: str | None = None) -> LoadedCaptioner:
     if task is not None and found != task:
         raise UserError(f"{directory}: this is {_folder_kind(config)}, not a {_TASK_NAMES.get(task, task)} folder")
     answers = None
+    from lm.startup import weights_to_be_loaded
     try:
         if found == "vqa":
             from captioner.vqa import build_vqa_model
             with open(os.path.join(directory, "answers.json")) as f:
                 answers = json.load(f)
-            model = build_vqa_model(config["model"])
+            with weights_to_be_loaded():  # initial values are overwritten by load_weights below
+                model = build_vqa_model(config["model"])
         elif found == "caption":
-            model = build_captioner(config["model"])
+            with weights_to_be_loaded():
+                model = build_captioner(config["model"])
         else:
             raise UserError(f"{directory}: this is {_folder_kind(config)}, not a captioner or VQA model folder")
     except (OSError, ValueError, KeyError, TypeError) as e:  # answers.json missing, config.json edited by hand

@@ -149,7 +149,9 @@ def load_model_dir(directory=None) -> LoadedModel:
         if not os.path.isfile(os.path.join(directory, "model.weights.h5")):
             raise UserError(f"{directory}: model.weights.h5 is missing")
         try:
-            model = build_model(arch, config["model"])
+            from lm.startup import weights_to_be_loaded
+            with weights_to_be_loaded():  # initial values are overwritten by load_weights below
+                model = build_model(arch, config["model"])
         except (KeyError, TypeError, ValueError) as e:  # config.json edited by hand or from another version
             raise UserError(f"{directory}: config.json does not describe a {arch} model ({e})") from None
         load_weights_file(model, directory)

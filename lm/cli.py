@@ -259,11 +259,16 @@ def native_logs_silenced():
         os.close(saved)
 
 
-def run_cli(prog: str, parser: argparse.ArgumentParser, commands: dict, argv=None) -> int:
+def run_cli(prog: str, parser: argparse.ArgumentParser, commands: dict, argv=None, fast_commands=()) -> int:
     """Parses, runs, and turns user errors into one line on stderr and exit status 2 (no traceback). Run as a
-    program (argv None), native library chatter on stderr is dropped (native_logs_silenced)."""
+    program (argv None), native library chatter on stderr is dropped (native_logs_silenced). `fast_commands` run
+    on the fast-starting inference backend unless KERAS_BACKEND is set (lm.startup)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser.parse_args(argv)
+    if args.command in fast_commands:  # inference only: Keras' NumPy backend starts in a second (lm.startup)
+        from lm.startup import import_keras, prefer_fast_backend
+        prefer_fast_backend()
+        import_keras()
     with native_logs_silenced() if argv is None else contextlib.nullcontext():
         return _run_command(prog, commands, args)
 
@@ -282,8 +287,11 @@ def _run_command(prog: str, commands: dict, args) -> int:
         return 1
 
 
+FAST_COMMANDS = ("generate", "perplexity")
+
+
 def main(argv=None) -> int:
-    return run_cli("lm", build_parser(), COMMANDS, argv)
+    return run_cli("lm", build_parser(), COMMANDS, argv, fast_commands=FAST_COMMANDS)
 
 
 if __name__ == "__main__":

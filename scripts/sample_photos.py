@@ -1,7 +1,8 @@
 """The 21 real photos a new user tries first: scikit-image's, scikit-learn's and matplotlib's sample images.
 
 Everything is read from the installed packages (no download): scikit-image and scikit-learn are in the test extra,
-matplotlib in the bench extra. `python scripts/sample_photos.py OUT_DIR` writes them as PNG/JPEG files.
+matplotlib in the bench extra
+(or on PYTHONPATH: `pip install --no-deps --target DIR matplotlib`; 20 photos without it). `python scripts/sample_photos.py OUT_DIR` writes them as PNG/JPEG files.
 
 Example:
     >>> from scripts.sample_photos import sample_photos
@@ -32,14 +33,27 @@ def sample_photos() -> dict[str, np.ndarray]:
     loaded = load_sample_images()
     for path, image in zip(loaded.filenames, loaded.images):
         photos[os.path.splitext(os.path.basename(path))[0]] = image
-    try:
-        import matplotlib.cbook
-        from PIL import Image
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-            photos["grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
-    except ImportError:
-        pass
+    photo = _matplotlib_sample("grace_hopper.jpg")
+    if photo is not None:
+        photos["grace_hopper"] = photo
     return {k: np.asarray(v)[..., :3] if np.asarray(v).ndim == 3 else np.asarray(v) for k, v in photos.items()}
+
+
+def _matplotlib_sample(name: str):
+    """A file of matplotlib's sample data, found without importing matplotlib (Keras imports it at start-up when it
+    is installed, which slows every process; keep it out of the environment and pass its folder on PYTHONPATH, or
+    pip install it: the bench extra). None when it is not there."""
+    import importlib.util
+    from PIL import Image
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = os.path.join(folder, "mpl-data", "sample_data", name)
+        if os.path.isfile(path):
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+    return None
 
 
 def write_photos(out_dir: str) -> list[str]:
