@@ -29,7 +29,7 @@ import json
 import os
 import sys
 
-from lm.cli import HelpFormatter, add_accel_flags, run_cli
+from lm.cli import HelpFormatter, OneLineParser, add_accel_flags, run_cli
 from lm.errors import UserError
 
 
@@ -79,7 +79,7 @@ def _add_image_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captioner", description=__doc__, formatter_class=HelpFormatter)
+    parser = OneLineParser(prog="captioner", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _parser(sub, "caption", help="caption images (one line per image, or --json)")

@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 
 from captioner.images import MAX_PIXELS
@@ -529,7 +530,7 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
     info = {"task": "caption", "image_size": [height, width], "resize_policy": policy,
             "beam_width": int(beam_width), "max_length": steps, "length_penalty": float(length_penalty),
             "grid": [grid_h, grid_w], "backbone": model.backbone_name}
-    return save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory))
+    return _without_local_paths(save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory)))
 
 
 def _folder_files(directory) -> dict[str, str]:
@@ -537,6 +538,20 @@ def _folder_files(directory) -> dict[str, str]:
     if not directory:
         return {}
     return {name: os.path.join(directory, name) for name in ("config.json", "vocab.json", "answers.json")}
+
+
+def _without_local_paths(saved_dir: str) -> str:
+    """The copied config.json names the training data by its full local path ("data"); an exported model travels,
+    so only the file or folder name is kept."""
+    path = os.path.join(saved_dir, "assets.extra", "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            config = json.load(f)
+        if isinstance(config.get("data"), str) and os.path.isabs(config["data"]):
+            config["data"] = os.path.basename(os.path.normpath(config["data"]))
+            with open(path, "w") as f:
+                json.dump(config, f, indent=2)
+    return saved_dir
 
 
 # ================================================================================================ VQA
@@ -616,4 +631,4 @@ def export_vqa(out_dir, model_dir) -> str:
                                autograph=False)
     info = {"task": "vqa", "image_size": [height, width], "resize_policy": policy, "grid": [grid_h, grid_w],
             "max_question_length": max_words, "answers": len(loaded.answers), "mode": model.mode}
-    return save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory))
+    return _without_local_paths(save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory)))

@@ -168,6 +168,8 @@ def _folder_kind(config: dict) -> str:
         return f"a {_TASK_NAMES[config['task']]} folder"
     if "arch" in config:
         return f"a language-model folder (lm, {config['arch']}; use it with the `lm` command)"
+    if config.get("task") is not None:
+        return f"a model folder of unknown task {config['task']!r}"
     return "not a model folder this program knows (no \"task\" in config.json)"
 
 

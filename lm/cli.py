@@ -68,6 +68,14 @@ def _training_kwargs(a) -> dict:
                 time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a usage error as one line (`lm: error: ... (see lm generate --help)`) and exit status 2; its
+    subcommand parsers are of the same class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog.split()[0]}: error: {message} (see `{self.prog} --help`)\n")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's line breaks and ends every option's help with its default, unless the help already
     names it ("default ...") or the option is a switch. `captioner` uses it too."""
@@ -82,7 +90,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lm", description=__doc__, formatter_class=HelpFormatter)
+    parser = OneLineParser(prog="lm", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=HelpFormatter)  # every subcommand's --help too
 

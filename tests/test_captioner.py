@@ -43,7 +43,10 @@ def decoder(**kwargs) -> CaptionDecoder:
 
 
 def run_main(argv, capsys):
-    rc = cli.main([str(a) for a in argv])
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # a usage error (argparse)
+        rc = e.code
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -238,7 +241,7 @@ def photos(tmp_path_factory):
 def test_caption_good_and_bad_images(flickr_model, photos, capsys):
     good, bad = photos
     rc, stdout, err = run_main(["caption", *good, bad, "--model", flickr_model], capsys)
-    assert_one_line_error(rc, err, code=1)
+    assert_one_line_error(rc, err, code=2)  # bad input, though the good images are captioned
     assert bad in err
     lines = stdout.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == good
@@ -252,11 +255,11 @@ def test_caption_json_and_attention_pictures(flickr_model, photos, tmp_path, cap
     pictures = tmp_path / "attention"
     rc, stdout, err = run_main(["caption", *good, bad, "--model", flickr_model, "--json", "--beam", "2",
                                 "--attention-out", pictures], capsys)
-    assert rc == 1 and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err
     results = json.loads(stdout)
     assert [r["image"] for r in results] == good + [bad]
     for r in results[:-1]:
-        assert {"image", "caption", "score"} <= set(r) and "error" not in r
+        assert {"image", "caption", "score", "domain_score", "out_of_domain"} <= set(r) and "error" not in r
         assert isinstance(r["caption"], str) and r["score"] <= 0
     assert set(results[-1]) == {"image", "error"} and bad in results[-1]["error"]
     written = sorted(os.listdir(pictures))
@@ -378,9 +381,9 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, flickr_model):
         assert_one_line_error(rc, err)
 
 
-def test_missing_image_only_is_exit_1(flickr_model, tmp_path, capsys):
+def test_missing_image_only_is_exit_2(flickr_model, tmp_path, capsys):
     rc, stdout, err = run_main(["caption", tmp_path / "nope.jpg", "--model", flickr_model], capsys)
-    assert_one_line_error(rc, err, code=1)
+    assert_one_line_error(rc, err, code=2)
     assert stdout == ""
 
 

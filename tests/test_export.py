@@ -143,7 +143,8 @@ def test_tokenize_graph_matches_lm_text():
     from lm.export import tokenize_graph
     from lm.text import tokenize
     texts = PROMPTS + QUESTIONS + ["Don't STOP—it's 3:45 p.m.; x’y’z a'b'", "ÉCOLE naïve café 42nd <UNK> <pad>",
-                                   "tabs\tand\nnewlines  ", "İstanbul ǅemal ſtar Kelvin"]
+                                   "tabs\tand\nnewlines  ", "İstanbul ǅemal ſtar Kelvin",
+                                   "¿Qué es esto? これは何ですか Ελληνικά ٣٤ snake_case"]
     graph = [[t.decode() for t in row] for row in tokenize_graph(tf.constant(texts)).to_list()]
     assert graph == [tokenize(t) for t in texts]
 

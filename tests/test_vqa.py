@@ -184,15 +184,17 @@ def test_ask_cli_with_the_bundled_model_on_edge_cases(tmp_path, capsys):
         out, err = capsys.readouterr()
         return rc, out, err
 
-    rc, out, err = ask(image, count["question"], "--json", "--attention-out", tmp_path / "a.png")
+    rc, out, err = ask(image, count["question"], "--json", "--attention-out", tmp_path / "pictures")
     reply = json.loads(out)
     assert rc == 0 and err == "" and reply["unknown_words"] == []
     assert reply["answer"] == count["answer"] and 0.5 < reply["score"] <= 1.0  # the bundled model counts right
-    assert (tmp_path / "a.png").stat().st_size > 0
+    assert reply["out_of_domain"] is False and 0 < reply["domain_score"] < 1
+    picture = tmp_path / "pictures" / (os.path.splitext(os.path.basename(image))[0] + ".attention.png")
+    assert reply["attention_png"] == str(picture) and picture.stat().st_size > 0
 
     for question in ("", "  ?! "):
         rc, out, err = ask(image, question)
-        assert rc == 2 and out == "" and err.count("\n") == 1 and "question is empty" in err
+        assert rc == 2 and out == "" and err.count("\n") == 1 and "the question has no words" in err
 
     rc, out, err = ask(image, "how many zorblax are flibbering", "--json")
     assert rc == 0 and json.loads(out)["unknown_words"] == ["zorblax", "flibbering"]
