@@ -75,7 +75,8 @@ def _add_image_flags(p: argparse.ArgumentParser) -> None:
                    help="refuse images with more pixels (width x height) than this, before decoding them; raise it "
                         "for big phone or camera photos")
     p.add_argument("--attention-out", default=None, metavar="DIR",
-                   help="folder for the attention pictures: one IMAGE_NAME.attention.png per image (made if missing)")
+                   help="folder for the attention pictures: one IMAGE_NAME.attention.png per image, made if missing "
+                        "(default: none written)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -229,7 +229,7 @@ def decode_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_size: int 
         if width * height > max_pixels:
             raise ImageError(
                 f"{name}: image is {width}x{height} ({width * height:,} pixels), over the {max_pixels:,}-pixel limit "
-                "(possible decompression bomb); resize it first"
+                "(possible decompression bomb); resize it first, or allow it with --max-pixels (max_pixels= in Python)"
             )
         if min_size and im.format == "JPEG":
             im.draft("RGB" if im.mode in ("RGB", "YCbCr") else im.mode, (int(min_size), int(min_size)))

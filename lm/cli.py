@@ -41,11 +41,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="stream", choices=["stream", "sentence"],
                    help="stream: stateful truncated BPTT over the text (PTB batching); sentence: each line alone")
     p.add_argument("--min-count", type=int, default=1, help="drop words seen fewer times (default 1)")
-    p.add_argument("--max-vocab", type=int, default=None, help="cap on vocabulary size, specials included")
+    p.add_argument("--max-vocab", type=int, default=None, help="cap on vocabulary size, specials included (default: no cap)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="stop after the epoch during which this many seconds have passed")
+                   help="stop after the epoch during which this many seconds have passed (default: no limit)")
     add_accel_flags(p)
 
 
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the trained models (default: a temporary folder)")
     p.add_argument("--units", type=int, default=256, help="hidden units of the neural models")
     p.add_argument("--epochs", type=int, default=3, help="epochs per neural model (default 3)")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds per neural model (stops after the epoch)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per neural model (stops after the epoch; default: no limit)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--archs", default="ngram,window,rnn,gru,lstm", help="comma-separated subset")
     p.add_argument("--json", action="store_true", help="print the table as JSON")

@@ -279,7 +279,9 @@ def exported(tmp_path_factory):
                                  "decoder": {"embed_dim": 16, "units": 32, "attention_dim": 16, "dropout": 0.0}})
     decoder = captioner.decoder
     _scaled(captioner, [decoder.head, *decoder.init_states, decoder.out_hidden, decoder.gate], 4.0)
-    save_model_dir(root / "caption_model", "caption", captioner, caption_vocab, {"max_length": 8})
+    # "data" as training writes it: the full local path, which must not travel with the export
+    save_model_dir(root / "caption_model", "caption", captioner, caption_vocab,
+                   {"max_length": 8, "data": str(root / "private" / "dataset_mine.json")})
 
     keras.utils.set_random_seed(1)
     lm_vocab = Vocabulary(LM_WORDS)
@@ -386,6 +388,12 @@ def test_bad_images_give_error_rows_and_the_server_keeps_serving(exported):
 
 
 @pytest.mark.slow
+def test_exported_assets_hold_no_local_paths(exported):
+    with open(exported["root"] / "caption_saved" / "assets.extra" / "config.json") as f:
+        config = json.load(f)
+    assert config["data"] == "dataset_mine.json" and config["max_length"] == 8
+
+
 def test_language_model_savedmodel_equals_greedy_generate(exported):
     served = exported["served"]["results"][4]
     assert served["texts"] == exported["python"]["texts"]
