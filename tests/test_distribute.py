@@ -31,7 +31,9 @@ import contextlib, importlib, io, json, os, sys, time
 backend, folder, flickr = sys.argv[1:4]
 try:
     importlib.import_module(backend)
-except Exception as e:
+except ModuleNotFoundError as e:  # not installed: skip; installed but broken: fail (the traceback shows why)
+    if e.name != backend:
+        raise
     print(f"cannot import {backend}: {e}")
     sys.exit(77)
 if backend == "tensorflow":  # two logical CPUs, before anything initialises TensorFlow

@@ -24,7 +24,9 @@ if backend != "tensorflow":
     sys.modules["tensorflow"] = None
 try:
     importlib.import_module(backend)
-except Exception as e:
+except ModuleNotFoundError as e:  # not installed: skip; installed but broken: fail (the traceback shows why)
+    if e.name != backend:
+        raise
     print(f"cannot import {backend}: {e}")
     sys.exit(77)
 import keras
