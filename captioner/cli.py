@@ -285,9 +285,9 @@ def cmd_caption(a) -> int:
         if out_dir:
             row["attention_png"] = _write_attention_png(r, r.image, out_dir, png_name, a.max_pixels)
         rows.append(row)
-        _domain_warning(model, r, r.image, "caption")
         if not a.json:
             print(f"{r.image}\t{r.caption}", flush=True)
+        _domain_warning(model, r, r.image, "caption")
     if a.json:
         print(json.dumps(rows))
     return 2 if failures else 0
