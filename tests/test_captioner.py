@@ -283,10 +283,19 @@ def test_caption_files_attention_matches_words(flickr_model):
 
 def test_evaluate_function_scores(flickr_model):
     from captioner.evaluate import evaluate_captioner
-    scores = evaluate_captioner(load_model_dir(flickr_model), FLICKR, split="test", beam_width=2, meteor=False)
+    from captioner.datasets import load_caption_dataset, split_examples
+    from captioner.metrics import caption_scores
+    from captioner.model import caption_files
+    loaded = load_model_dir(flickr_model)
+    scores = evaluate_captioner(loaded, FLICKR, split="test", beam_width=2, meteor=False)
     assert scores["images"] == 2 and scores["METEOR"] is None
+    # Exactly the metrics of the model's own beam-2 captions of the test split against their references.
+    examples = split_examples(load_caption_dataset(FLICKR), "test")
+    captions = caption_files(loaded, [e.image for e in examples], beam_width=2)
+    expected = caption_scores({e.image_id: [" ".join(c) for c in e.captions] for e in examples},
+                              {e.image_id: r["caption"] for e, r in zip(examples, captions)}, meteor=False)
     for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr", "exact_match"):
-        assert 0 <= scores[key] <= 10, key
+        assert scores[key] == pytest.approx(expected[key], abs=1e-9), key
 
 
 @pytest.mark.slow
@@ -297,8 +306,12 @@ def test_evaluate_cli_json(flickr_model, capsys):
     scores = json.loads(stdout)
     assert {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "exact_match"} <= set(scores)
     assert scores["images"] == 2
-    for key in ("Bleu_1", "Bleu_4", "ROUGE_L", "exact_match"):
-        assert 0 <= scores[key] <= 1
+    from captioner.evaluate import evaluate_captioner
+    direct = evaluate_captioner(load_model_dir(flickr_model), FLICKR, split="test", beam_width=2, meteor=False)
+    for key in ("Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr", "exact_match"):
+        assert scores[key] == pytest.approx(direct[key], abs=1e-9), key
+    import shutil
+    assert (scores["METEOR"] is None) == (shutil.which("java") is None)  # METEOR whenever Java is there
     assert scores["METEOR"] is None or 0 <= scores["METEOR"] <= 1
     rc, stdout, _ = run_main(["evaluate", FLICKR, "--model", flickr_model, "--json", "--beam", "2", "--no-meteor"],
                              capsys)
