@@ -8,6 +8,7 @@
   captioner scenes OUT_DIR [--images N] [--seed S]
   captioner demo [--out DIR]
 
+  captioner classify IMAGE... [--top 5] [--json]
   captioner calibrate MODEL_DIR DATA
 
 Without --model the bundled models are used (trained on synthetic scenes; see scripts/train_bundled_*.sh). Every
@@ -195,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=4, help="number of fresh scenes")
     p.add_argument("--seed", type=int, default=20261122, help="scene seed (never used in training)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = _parser(sub, "classify", help="ImageNet labels from the pretrained EfficientNet-Lite0 (what a CNN sees)",
+                description="What a pretrained CNN sees in each image: the top ImageNet labels of EfficientNet-Lite0 "
+                            "(its converted weights: scripts/convert_efficientnet_lite0.py). Useful beside a scenes "
+                            "model's out-of-domain warning.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF, BMP, WebP, TIFF)")
+    p.add_argument("--top", type=_positive_int, default=5, help="labels per image")
+    from captioner.images import MAX_PIXELS
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                   help="refuse images with more pixels (width x height) than this, before decoding them")
+    p.add_argument("--json", action="store_true",
+                   help='print a JSON list: {"image", "labels": [{"class", "label", "probability"}]} per image')
 
     p = _parser(sub, "calibrate", help="write a model folder's out-of-domain statistics (domain.npz) from its data",
                 description="Fits the distribution of the model's image features on the data's training split and "
@@ -411,6 +424,23 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_classify(a) -> int:
+    from captioner.classify import classify
+    results = classify(list(a.images), top=a.top, max_pixels=a.max_pixels)
+    failures = 0
+    for r in results:
+        if "error" in r:
+            failures += 1
+            if not a.json:
+                print(f"captioner: error: {r['error']}", file=sys.stderr)
+        elif not a.json:
+            labels = ", ".join(f"{x['label']} ({x['probability']:.2f})" for x in r["labels"])
+            print(f"{r['image']}\t{labels}")
+    if a.json:
+        print(json.dumps(results))
+    return 2 if failures else 0
+
+
 def cmd_calibrate(a) -> int:
     from captioner.domain import calibrate_from_data
     stats = calibrate_from_data(a.model_dir, a.data, image_root=a.image_root, annotations=a.annotations,
@@ -455,7 +485,8 @@ def cmd_demo(a) -> int:
 
 
 COMMANDS = {"caption": cmd_caption, "ask": cmd_ask, "train": cmd_train, "evaluate": cmd_evaluate,
-            "export": cmd_export, "scenes": cmd_scenes, "demo": cmd_demo, "calibrate": cmd_calibrate}
+            "export": cmd_export, "scenes": cmd_scenes, "demo": cmd_demo, "calibrate": cmd_calibrate,
+            "classify": cmd_classify}
 
 
 FAST_COMMANDS = ("caption", "ask", "classify")  # inference only: Keras' NumPy backend (lm.startup)
