@@ -300,6 +300,12 @@ def exported(tmp_path_factory):
     save_model_dir(root / "vqa_model", "vqa", vqa, question_vocab,
                    {"max_question_length": 6, "resize_policy": "stretch"}, answers=ANSWERS)
 
+    # Out-of-domain statistics from the scenes (the photos are then outside), as training writes them.
+    from captioner.domain import calibrate_model_dir
+    from captioner.images import load_images
+    scene_pixels, _ = load_images([g for g in good if os.sep + "scenes" + os.sep in g], (32, 32))
+    for folder in ("caption_model", "vqa_model"):
+        calibrate_model_dir(root / folder, scene_pixels[:4], scene_pixels[4:])
     export_captioner(root / "caption_saved", root / "caption_model", beam_width=3)
     export_language_model(root / "lm_saved", root / "lm_model", max_tokens=12)
     export_vqa(root / "vqa_saved", root / "vqa_model")
@@ -317,6 +323,9 @@ def exported(tmp_path_factory):
     vqa_loaded = load_model_dir(root / "vqa_model", task="vqa")
     pairs = [(good[i], QUESTIONS[i % len(QUESTIONS)]) for i in range(0, len(good), 2)]
     python["answers"] = [answer_questions(vqa_loaded, p, [q])[0] for p, q in pairs]
+    from captioner.api import VQA, Captioner
+    python["caption_domain"] = [r.domain_score for r in Captioner.load(root / "caption_model").caption(good)]
+    python["vqa_domain"] = [a.domain_score for a in VQA.load(root / "vqa_model").ask_batch(*zip(*pairs))]
 
     mixed = good[:3] + [str(root / "truncated.jpg"), good[3], str(root / "notes.txt"), str(root / "void")] + good[4:6]
     jobs = [
@@ -401,6 +410,16 @@ def test_language_model_savedmodel_equals_greedy_generate(exported):
 
 
 @pytest.mark.slow
+def test_savedmodels_report_the_domain_score_as_python_does(exported):
+    python, served = exported["python"], exported["served"]["results"]
+    np.testing.assert_allclose(served[0]["domain_scores"], python["caption_domain"], rtol=1e-4)
+    assert served[0]["out_of_domain"] == [s > 1 for s in python["caption_domain"]]
+    assert any(served[0]["out_of_domain"]) and not all(served[0]["out_of_domain"])  # photos out, scenes in
+    np.testing.assert_allclose(served[5]["domain_scores"], python["vqa_domain"], rtol=1e-4)
+    mixed = served[1]  # a bad image: NaN and not out of domain
+    assert [e != "" for e in mixed["errors"]] == [np.isnan(s) for s in mixed["domain_scores"]]
+
+
 def test_vqa_savedmodel_equals_answer_questions(exported):
     python = exported["python"]["answers"]
     served = exported["served"]["results"][5]
