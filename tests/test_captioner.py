@@ -202,7 +202,10 @@ def test_train_flickr8k_token_file(flickr_model):
     assert loaded.image_size == (32, 32) and loaded.model.backbone_name == "small_cnn"
     assert loaded.config["max_length"] == 12 and loaded.config["model"]["decoder"]["units"] == 16
     assert "woman" in loaded.vocab and "cat" in loaded.vocab
-    assert {"config.json", "vocab.json", "model.weights.h5"} <= set(os.listdir(flickr_model))
+    assert {"config.json", "vocab.json", "model.weights.h5", "domain.npz"} <= set(os.listdir(flickr_model))
+    from captioner.domain import load_domain
+    domain = load_domain(flickr_model)  # written by training: fitted on the train split, calibrated on val
+    assert domain.train_images == 2 and domain.heldout_images == 2 and "flickr8k" in domain.trained_on.lower()
     import h5py
     with h5py.File(flickr_model / "model.weights.h5") as f:  # inference weights only: no Adam moments
         names = []

@@ -123,7 +123,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("name", ["v2", "jsonl"])
 def test_train_writes_a_folder_that_answers(trained, name):
     folder, summary = trained[name]
-    for file in ("config.json", "vocab.json", "answers.json", "model.weights.h5"):
+    for file in ("config.json", "vocab.json", "answers.json", "model.weights.h5", "domain.npz"):
         assert os.path.isfile(os.path.join(folder, file)), file
     assert summary["epochs"] == 1 and summary["answers"] >= 2
     loaded = load_model_dir(str(folder), task="vqa")
