@@ -1,26 +1,26 @@
 """`captioner`: caption or question images, train, evaluate, export, and make synthetic scenes.
 
   captioner caption IMAGE... [--model DIR] [--beam K] [--attention-out DIR] [--json]
-  captioner ask IMAGE "QUESTION" [--model DIR] [--attention-out PNG] [--json]
+  captioner ask IMAGE "QUESTION" [--model DIR] [--attention-out DIR] [--json]
+  captioner classify IMAGE... [--top 5] [--json]
   captioner train DATA --out DIR [--task caption|vqa] [--backbone NAME] [--weights W] [--epochs N] ...
   captioner evaluate DATA [--model DIR] [--split test] [--json]
+  captioner calibrate MODEL_DIR DATA
   captioner export OUT_DIR [--model DIR] [--beam K]
   captioner scenes OUT_DIR [--images N] [--seed S]
   captioner demo [--out DIR]
-
-  captioner classify IMAGE... [--top 5] [--json]
-  captioner calibrate MODEL_DIR DATA
 
 Without --model the bundled models are used (trained on synthetic scenes; see scripts/train_bundled_*.sh). Every
 answer says whether the image looks like the model's training images (domain_score, out_of_domain; a warning on
 stderr for each image that does not).
 
-Exit status (every command): 0 done; 2 bad input (a wrong flag or value, an unreadable image or file, a model
-folder of the wrong kind; with several images, the readable ones are still answered); 1 an internal failure (out
-of memory...); 130 interrupted.
 DATA formats (auto-detected): Karpathy JSON (dataset_coco/flickr8k/flickr30k.json), Flickr8k token file with its
 split lists, COCO captions_*.json, JSONL {"image", "caption"|"captions"}; for VQA: VQA v2 questions+annotations
 JSON, JSONL {"image", "question", "answer"|"answers"}, and the scenes generator's vqa.jsonl.
+
+Exit status (every command): 0 done; 2 bad input (a wrong flag or value, an unreadable image or file, a model
+folder of the wrong kind; with several images, the readable ones are still answered); 1 an internal failure (out
+of memory...); 130 interrupted.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perplexity", help="perplexity of a text file (PTB protocol: <eos> counted)",
                        description="Perplexity of a text file, and the share of its words the model does not know "
-                                   "(scored as <unk>; a warning above 10%%).")
+                                   "(scored as <unk>; a warning above 10%).")
     p.add_argument("file", help="PTB-style text (one tokenized sentence a line), or prose with --raw")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
     p.add_argument("--raw", action="store_true", help="the file is raw prose: tokenize and split into sentences")
