@@ -528,8 +528,10 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
             "errors": errors,
         }
         if domain is not None:  # as the Python API: domain_score (NaN for a bad image) and out_of_domain
-            grid = tf.cast(model.encode(tf.cast(pixels[:n], tf.float32)), tf.float32)
-            score = _domain_graph(tf, domain, pixels[:n], grid)
+            # one zero image more, so an empty batch still runs the backbone (batch norm refuses 0 rows)
+            extra = tf.concat([pixels[:n], tf.zeros([1, height, width, 3], tf.uint8)], 0)
+            grid = tf.cast(model.encode(tf.cast(extra, tf.float32)), tf.float32)
+            score = _domain_graph(tf, domain, extra, grid)[:n]
             out["domain_scores"] = tf.where(ok, score, tf.fill(tf.shape(score), float("nan")))
             out["out_of_domain"] = ok & (score > 1.0)
         return out
@@ -667,8 +669,10 @@ def export_vqa(out_dir, model_dir) -> str:
             "errors": errors,
         }
         if domain is not None:  # as the Python API: domain_score (NaN for a bad image) and out_of_domain
-            grid = tf.cast(model.backbone(tf.cast(pixels, tf.float32), training=False), tf.float32)
-            score = _domain_graph(tf, domain, pixels, grid)
+            n = tf.shape(pixels)[0]  # one zero image more: an empty batch still runs the backbone
+            extra = tf.concat([pixels, tf.zeros([1, height, width, 3], tf.uint8)], 0)
+            grid = tf.cast(model.backbone(tf.cast(extra, tf.float32), training=False), tf.float32)
+            score = _domain_graph(tf, domain, extra, grid)[:n]
             out["domain_scores"] = tf.where(ok, score, tf.fill(tf.shape(score), float("nan")))
             out["out_of_domain"] = ok & (score > 1.0)
         return out
