@@ -15,6 +15,9 @@ Signature `serving_default` of a captioner export (`export_captioner`):
                                             `<eos>` step (when the caption ended before max_length), zeros after
              lengths    int32    [batch]    number of words in each caption
              errors     tf.string [batch]   "" or one line: "image 2: corrupt or truncated JPEG data (...)"
+             domain_scores float32 [batch]  as the Python API (captioner.domain; > 1: out of domain; NaN for a
+                                            bad image), and out_of_domain bool [batch]; only when the model folder
+                                            has domain.npz (every folder training writes does)
 A VQA export (`export_vqa`) takes `images` and `questions` and returns `answers`, `scores`, `attention`, `errors`.
 Copies of the model folder's config.json and vocab.json (answers.json) and an export.json describing the export
 are in the SavedModel's assets.extra/.
@@ -51,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 
 from captioner.images import MAX_PIXELS
@@ -484,6 +488,8 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
     grid_h, grid_w, _ = model.grid
     tokens = list(loaded.vocab.itos)
     chunk = int(chunk_size)
+    from captioner.domain import load_domain
+    domain = load_domain(loaded.directory)
 
     def search(pixels):  # (chunk, h, w, 3) uint8 -> words (chunk, T), scores (chunk,), alphas (chunk, T, pixels)
         words, scores, alphas = model.generate(tf.cast(pixels, tf.float32), beam_width=int(beam_width),
@@ -514,13 +520,21 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
         kept = ((t < end) & tf.not_equal(words, 0) & tf.not_equal(words, 2)) | tf.equal(t, end)  # (n, T)
         kept = kept & ok[:, None]
         alphas = tf.ragged.boolean_mask(alphas, kept).to_tensor(shape=[None, steps, grid_h, grid_w])
-        return {
+        out = {
             "captions": tf.where(ok, captions, tf.constant("")),
             "scores": tf.where(ok, scores, tf.fill(tf.shape(scores), float("-inf"))),
             "attention": alphas,
             "lengths": tf.where(ok, lengths, tf.zeros_like(lengths)),
             "errors": errors,
         }
+        if domain is not None:  # as the Python API: domain_score (NaN for a bad image) and out_of_domain
+            # one zero image more, so an empty batch still runs the backbone (batch norm refuses 0 rows)
+            extra = tf.concat([pixels[:n], tf.zeros([1, height, width, 3], tf.uint8)], 0)
+            grid = tf.cast(model.encode(tf.cast(extra, tf.float32)), tf.float32)
+            score = _domain_graph(tf, domain, extra, grid)[:n]
+            out["domain_scores"] = tf.where(ok, score, tf.fill(tf.shape(score), float("nan")))
+            out["out_of_domain"] = ok & (score > 1.0)
+        return out
 
     module = tf.Module()
     module.model_variables = list(model.variables)
@@ -529,7 +543,36 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
     info = {"task": "caption", "image_size": [height, width], "resize_policy": policy,
             "beam_width": int(beam_width), "max_length": steps, "length_penalty": float(length_penalty),
             "grid": [grid_h, grid_w], "backbone": model.backbone_name}
-    return save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory))
+    return _without_local_paths(save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory)))
+
+
+def _domain_graph(tf, stats, pixels, grid):
+    """captioner.domain in the graph: pixels (n, h, w, 3) uint8 and the backbone grid (n, P, C) -> domain scores
+    (n,) float32, as DomainStats.score computes them (pixel_statistics: colour histogram with 4 bins a channel,
+    gradient-magnitude histogram; pool_grid: mean and deviation over cells; each block's Mahalanobis distance in
+    its unit, the largest over the threshold)."""
+    from captioner.domain import _EDGES
+    x = tf.cast(pixels, tf.float32)  # (n, h, w, 3)
+    bins = 4
+    q = tf.clip_by_value(tf.cast(x * (bins / 256.0), tf.int32), 0, bins - 1)
+    index = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]  # (n, h, w)
+    count = tf.cast(tf.shape(index)[1] * tf.shape(index)[2], tf.float32)
+    colour = tf.reduce_sum(tf.one_hot(index, bins ** 3, dtype=tf.float32), axis=[1, 2]) / count  # (n, 64)
+    grey = tf.reduce_mean(x, axis=-1)  # (n, h, w)
+    gx = grey[:, :-1, 1:] - grey[:, :-1, :-1]
+    gy = grey[:, 1:, :-1] - grey[:, :-1, :-1]
+    magnitude = tf.sqrt(gx * gx + gy * gy)  # (n, h-1, w-1)
+    bucket = tf.raw_ops.Bucketize(input=magnitude, boundaries=[float(e) for e in _EDGES[1:-1]])
+    edges = tf.reduce_sum(tf.one_hot(bucket, len(_EDGES) - 1, dtype=tf.float32), axis=[1, 2])
+    edges = edges / tf.maximum(tf.reduce_sum(edges, axis=1, keepdims=True), 1.0)
+    features = {"pixels": tf.sqrt(tf.concat([colour, edges], axis=1)),
+                "backbone": tf.concat([tf.reduce_mean(grid, axis=1), tf.math.reduce_std(grid, axis=1)], axis=-1)}
+    distances = []
+    for name, g in stats.blocks.items():
+        centred = tf.cast(features[name], tf.float32) - tf.constant(g.mean, tf.float32)
+        projected = tf.matmul(centred, tf.constant(g.whiten.T, tf.float32))
+        distances.append(tf.sqrt(tf.reduce_sum(projected * projected, axis=-1)) / float(g.scale))
+    return tf.reduce_max(tf.stack(distances, axis=0), axis=0) / float(stats.threshold)  # (n,)
 
 
 def _folder_files(directory) -> dict[str, str]:
@@ -537,6 +580,20 @@ def _folder_files(directory) -> dict[str, str]:
     if not directory:
         return {}
     return {name: os.path.join(directory, name) for name in ("config.json", "vocab.json", "answers.json")}
+
+
+def _without_local_paths(saved_dir: str) -> str:
+    """The copied config.json names the training data by its full local path ("data"); an exported model travels,
+    so only the file or folder name is kept."""
+    path = os.path.join(saved_dir, "assets.extra", "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            config = json.load(f)
+        if isinstance(config.get("data"), str) and os.path.isabs(config["data"]):
+            config["data"] = os.path.basename(os.path.normpath(config["data"]))
+            with open(path, "w") as f:
+                json.dump(config, f, indent=2)
+    return saved_dir
 
 
 # ================================================================================================ VQA
@@ -554,6 +611,8 @@ def export_vqa(out_dir, model_dir) -> str:
                  scores     float32  [batch]    softmax probability of the answer, 0 for a bad image
                  attention  float32  [batch, H, W]  the last hop's attention over the grid
                  errors     tf.string [batch]   "" or a one-line reason
+                 domain_scores float32 [batch], out_of_domain bool [batch]: as the Python API (captioner.domain);
+                            only when the folder has domain.npz
 
     Args:
         out_dir: folder to write (created; an existing SavedModel there is replaced).
@@ -584,6 +643,8 @@ def export_vqa(out_dir, model_dir) -> str:
         tf.lookup.KeyValueTensorInitializer(tf.constant(vocab.itos), tf.range(len(vocab), dtype=tf.int32)),
         default_value=vocab.unk_id)
     answers = tf.constant(list(loaded.answers))
+    from captioner.domain import load_domain
+    domain = load_domain(loaded.directory) if model.backbone is not None else None
 
     def serve(images, questions):
         tf.debugging.assert_equal(tf.shape(images), tf.shape(questions),
@@ -600,13 +661,21 @@ def export_vqa(out_dir, model_dir) -> str:
         probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)  # (batch, K)
         best = tf.argmax(probs, axis=-1, output_type=tf.int32)
         ok = tf.equal(status, _OK)
-        return {
+        out = {
             "answers": tf.where(ok, tf.gather(answers, best), tf.constant("")),
             "scores": tf.where(ok, tf.reduce_max(probs, axis=-1), tf.zeros_like(probs[:, 0])),
             "attention": tf.reshape(tf.cast(alpha, tf.float32), [-1, grid_h, grid_w])
             * tf.cast(ok, tf.float32)[:, None, None],
             "errors": errors,
         }
+        if domain is not None:  # as the Python API: domain_score (NaN for a bad image) and out_of_domain
+            n = tf.shape(pixels)[0]  # one zero image more: an empty batch still runs the backbone
+            extra = tf.concat([pixels, tf.zeros([1, height, width, 3], tf.uint8)], 0)
+            grid = tf.cast(model.backbone(tf.cast(extra, tf.float32), training=False), tf.float32)
+            score = _domain_graph(tf, domain, extra, grid)[:n]
+            out["domain_scores"] = tf.where(ok, score, tf.fill(tf.shape(score), float("nan")))
+            out["out_of_domain"] = ok & (score > 1.0)
+        return out
 
     module = tf.Module()
     module.model_variables = list(model.variables)
@@ -616,4 +685,4 @@ def export_vqa(out_dir, model_dir) -> str:
                                autograph=False)
     info = {"task": "vqa", "image_size": [height, width], "resize_policy": policy, "grid": [grid_h, grid_w],
             "max_question_length": max_words, "answers": len(loaded.answers), "mode": model.mode}
-    return save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory))
+    return _without_local_paths(save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory)))

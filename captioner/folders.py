@@ -94,6 +94,20 @@ class LoadedCaptioner:
         return self.config.get("resize_policy") or backbone_spec(self.model.backbone_name).policy
 
 
+_TASK_NAMES = {"caption": "captioner", "vqa": "VQA model"}
+
+
+def _folder_kind(config: dict) -> str:
+    """What a model folder's config.json says it is, in words ("a language-model folder (lm, lstm)", ...)."""
+    if config.get("task") in _TASK_NAMES:
+        return f"a {_TASK_NAMES[config['task']]} folder"
+    if "arch" in config:
+        return f"a language-model folder (lm, {config['arch']}; use it with the `lm` command)"
+    if config.get("task") is not None:
+        return f"a model folder of unknown task {config['task']!r}"
+    return "not a model folder this program knows (no \"task\" in config.json)"
+
+
 def load_model_dir(directory=None, task: str | None = None) -> LoadedCaptioner:
     """Reads a captioner or VQA model folder; None means the bundled one for `task` (default caption)."""
     if directory is None:
@@ -106,17 +120,20 @@ def load_model_dir(directory=None, task: str | None = None) -> LoadedCaptioner:
                                       how_to_make="captioner train DATA --out DIR")
     found = config.get("task")
     if task is not None and found != task:
-        raise UserError(f"{directory}: this is a {found} model, not a {task} model")
+        raise UserError(f"{directory}: this is {_folder_kind(config)}, not a {_TASK_NAMES.get(task, task)} folder")
     answers = None
+    from lm.startup import weights_to_be_loaded
     try:
         if found == "vqa":
             with open(os.path.join(directory, "answers.json")) as f:
                 answers = json.load(f)
-            model = build_vqa_model(config["model"])
+            with weights_to_be_loaded():  # initial values are overwritten by load_weights below
+                model = build_vqa_model(config["model"])
         elif found == "caption":
-            model = build_captioner(config["model"])
+            with weights_to_be_loaded():
+                model = build_captioner(config["model"])
         else:
-            raise UserError(f"{directory}: unknown task {found!r} in config.json")
+            raise UserError(f"{directory}: this is {_folder_kind(config)}, not a captioner or VQA model folder")
     except (OSError, ValueError, KeyError, TypeError) as e:  # answers.json missing, config.json edited by hand
         raise UserError(f"{directory}: unreadable {found} model folder ({e})") from None
     load_weights_file(model, directory)

@@ -21,6 +21,7 @@ import io
 import os
 import struct
 import threading
+import warnings
 from typing import Iterable, Sequence, Union
 
 import numpy as np
@@ -167,6 +168,19 @@ def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).copy()  # (H, W, 3)
 
 
+def _open_unchecked(data: bytes) -> Image.Image:
+    """Image.open without Pillow's own decompression-bomb check (a warning printed on stderr above 89 megapixels, an
+    error above 179): decode_image checks the size itself against its max_pixels, which a user may raise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _TRUNCATION_LOCK:  # MAX_IMAGE_PIXELS is process-wide: switch it off only around this open
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                return Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+
+
 def decode_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_size: int | None = None) -> np.ndarray:
     """Decodes an image file (path or bytes) into uint8 RGB pixels.
 
@@ -194,7 +208,7 @@ def decode_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_size: int 
     """
     data, name = _read_source(source)
     try:
-        im = Image.open(io.BytesIO(data))
+        im = _open_unchecked(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{name}: image is too large to decode safely ({e}); resize it first") from None
     except UnidentifiedImageError:
@@ -216,7 +230,7 @@ def decode_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_size: int 
         if width * height > max_pixels:
             raise ImageError(
                 f"{name}: image is {width}x{height} ({width * height:,} pixels), over the {max_pixels:,}-pixel limit "
-                "(possible decompression bomb); resize it first"
+                "(possible decompression bomb); resize it first, or allow it with --max-pixels (max_pixels= in Python)"
             )
         if min_size and im.format == "JPEG":
             im.draft("RGB" if im.mode in ("RGB", "YCbCr") else im.mode, (int(min_size), int(min_size)))
@@ -326,6 +340,8 @@ def load_image(
     height, width = _as_size(size)
     if isinstance(source, np.ndarray):
         pixels = source
+    elif isinstance(source, Image.Image):  # a PIL image (the Python API): any mode, like a decoded file
+        pixels = _to_rgb(source, "<PIL image>")
     else:
         pixels = decode_image(source, max_pixels=max_pixels, min_size=max(height, width))
     return resize_image(pixels, (height, width), policy)  # (height, width, 3) uint8
@@ -341,7 +357,7 @@ def load_images(
     """Decodes and resizes a batch of images; a bad item does not spoil the batch.
 
     Args:
-        sources: paths, bytes, or already-decoded (H, W, 3) arrays.
+        sources: paths, bytes, PIL images, or already-decoded (H, W, 3) arrays.
         size: target (height, width), or an int for a square.
         policy: resize policy, see ``resize_image``.
         max_pixels: per-image limit, see ``decode_image``.

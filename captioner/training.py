@@ -227,6 +227,10 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     if not checkpoint.saved:  # e.g. a diverged run: keep the last epoch
         write_model_folder(out_dir, model_files("caption", model, vocab, extra))
     checkpoint.finish()
+    # domain.npz: what out-of-domain images are measured by (a bounded sample of the images, decoded afresh)
+    from captioner.domain import calibrate_from_data
+    calibrate_from_data(out_dir, data, image_root, train_split=train_split, heldout_split=val_split,
+                        max_train=1000, max_heldout=300)
     history = checkpoint.history
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history),
             "loss": [h.get("loss") for h in history], "val_loss": [h["val_loss"] for h in history] if val else None,

@@ -265,6 +265,10 @@ def load_model_dir(directory=None) -> LoadedModel:
     config, vocab = read_model_folder(directory, what="language-model", how_to_make="lm train CORPUS --out DIR")
     arch = config.get("arch")
     if arch not in ARCHS:
+        if config.get("task") in ("caption", "vqa"):  # a captioner folder handed to `lm`
+            kind = "captioner" if config["task"] == "caption" else "VQA model"
+            raise UserError(f"{directory}: this is a {kind} folder (use it with the `captioner` command), not a "
+                            "language-model folder")
         raise UserError(f"{directory}: unknown architecture {arch!r} in config.json")
     if arch == "ngram":
         from lm.ngram import KneserNeyLM
@@ -273,7 +277,9 @@ def load_model_dir(directory=None) -> LoadedModel:
         if not os.path.isfile(os.path.join(directory, "model.weights.h5")):
             raise UserError(f"{directory}: model.weights.h5 is missing")
         try:
-            model = build_model(arch, config["model"])
+            from lm.startup import weights_to_be_loaded
+            with weights_to_be_loaded():  # initial values are overwritten by load_weights below
+                model = build_model(arch, config["model"])
         except (KeyError, TypeError, ValueError) as e:  # config.json edited by hand or from another version
             raise UserError(f"{directory}: config.json does not describe a {arch} model ({e})") from None
         load_weights_file(model, directory)

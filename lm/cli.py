@@ -10,12 +10,16 @@
   lm gradients CORPUS [--arch rnn,gru,lstm] [--steps T] [--model DIR] [--clip F] [--layers N --links L] [--out PNG]
 
 Without --model the bundled model is used: an LSTM trained on the King James Bible (scripts/train_bundled_lm.sh).
+
+Exit status (every command): 0 done; 2 bad input (a wrong flag or value, a missing or unreadable file, a model
+folder of the wrong kind); 1 an internal failure (out of memory...); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -46,11 +50,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="stream", choices=["stream", "sentence"],
                    help="stream: stateful truncated BPTT over the text (PTB batching); sentence: each line alone")
     p.add_argument("--min-count", type=int, default=1, help="drop words seen fewer times (default 1)")
-    p.add_argument("--max-vocab", type=int, default=None, help="cap on vocabulary size, specials included")
+    p.add_argument("--max-vocab", type=int, default=None, help="cap on vocabulary size, specials included (default: no cap)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="stop after the epoch during which this many seconds have passed")
+                   help="stop after the epoch during which this many seconds have passed (default: no limit)")
     add_accel_flags(p)
 
 
@@ -85,46 +89,70 @@ def _training_kwargs(a) -> dict:
                 resume=a.resume, overwrite=a.overwrite)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a usage error as one line (`lm: error: ... (see lm generate --help)`) and exit status 2; its
+    subcommand parsers are of the same class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog.split()[0]}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and ends every option's help with its default, unless the help already
+    names it ("default ...") or the option is a switch. `captioner` uses it too."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="lm", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=HelpFormatter)  # every subcommand's --help too
 
     p = sub.add_parser("train", help="train a model on a corpus and write a model folder",
                        description="CORPUS is a folder with train.txt and valid.txt (test.txt optional), one "
                                    "tokenized sentence a line (PTB style), or a single raw text file that is "
                                    "tokenized and split 90/5/5.")
-    p.add_argument("corpus")
+    p.add_argument("corpus", help="corpus folder (train.txt, valid.txt, test.txt) or one raw text file")
     p.add_argument("--out", required=True, help="model folder to write (config.json, vocab.json, weights)")
     add_out_flags(p)
     _add_training_flags(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
-    p = sub.add_parser("perplexity", help="perplexity of a text file (PTB protocol: <eos> counted)")
-    p.add_argument("file", help="PTB-style text (one sentence a line)")
+    p = sub.add_parser("perplexity", help="perplexity of a text file (PTB protocol: <eos> counted)",
+                       description="Perplexity of a text file, and the share of its words the model does not know "
+                                   "(scored as <unk>; a warning above 10%).")
+    p.add_argument("file", help="PTB-style text (one tokenized sentence a line), or prose with --raw")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
     p.add_argument("--raw", action="store_true", help="the file is raw prose: tokenize and split into sentences")
-    p.add_argument("--json", action="store_true", help='print {"perplexity": ..., "tokens": ...}')
+    p.add_argument("--json", action="store_true", help='print {"perplexity": ..., "tokens": ..., "oov_rate": ...}')
 
     p = sub.add_parser("generate", help="sample text from a model")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
-    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--prompt", default="", help="text to continue (default: none, start a new line)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely words (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
     p.add_argument("--max-tokens", type=int, default=30, help="maximum new words (default 30)")
     p.add_argument("--num", type=int, default=1, help="how many samples (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for repeatable samples")
+    p.add_argument("--seed", type=int, default=None, help="random seed for repeatable samples (default: random)")
     p.add_argument("--json", action="store_true", help="print a JSON list of samples")
 
     p = sub.add_parser("compare", help="train n-gram, window, RNN, GRU, LSTM with one budget; print a table")
-    p.add_argument("corpus")
+    p.add_argument("corpus", help="corpus folder (train.txt, valid.txt) or a raw text file, as for `lm train`")
     p.add_argument("--out", default=None,
                    help="folder for the trained models, one subfolder per model, replaced if there "
                         "(default: a temporary folder)")
-    p.add_argument("--units", type=int, default=256)
+    p.add_argument("--units", type=int, default=256, help="hidden units of the neural models")
     p.add_argument("--epochs", type=int, default=3, help="epochs per neural model (default 3)")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds per neural model (stops after the epoch)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per neural model (stops after the epoch; default: no limit)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--archs", default="ngram,window,rnn,gru,lstm", help="comma-separated subset")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
@@ -179,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help='print [{"word": ..., "cosine": ...}, ...]')
 
     p = sub.add_parser("export", help="write a TensorFlow SavedModel: prompts (strings) -> generated texts")
-    p.add_argument("out_dir")
+    p.add_argument("out_dir", help="folder to write the SavedModel to")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
-    p.add_argument("--max-tokens", type=int, default=30)
+    p.add_argument("--max-tokens", type=int, default=30, help="maximum new words per prompt")
     return parser
 
 
@@ -208,32 +236,40 @@ def cmd_train(a) -> int:
 
 def cmd_perplexity(a) -> int:
     # Bad input is checked before anything imports Keras (seconds, and TensorFlow's start-up lines on stderr).
-    from lm.checkpoint import load_model_dir
     from lm.text import read_lines, read_raw_text
+    if os.path.isdir(a.file):
+        raise UserError(f"{a.file}: is a folder; give a text file (e.g. {os.path.join(a.file, 'test.txt')})")
     sentences = read_raw_text(a.file) if a.raw else read_lines(a.file)
     if not sentences:
         raise UserError(f"{a.file}: no text to score")
-    loaded = load_model_dir(a.model)
-    from lm.inference import perplexity
-    ppl, tokens = perplexity(loaded, sentences)
-    print(json.dumps({"perplexity": ppl, "tokens": tokens}) if a.json else f"perplexity {ppl:.2f} over {tokens} tokens")
+    from lm.api import LanguageModel
+    report = LanguageModel.load(a.model).score_sentences(sentences)
+    if a.json:
+        print(json.dumps({"perplexity": report.perplexity, "tokens": report.tokens, "oov_rate": report.oov_rate}))
+    else:
+        print(f"perplexity {report.perplexity:.2f} over {report.tokens} tokens "
+              f"({report.oov_rate:.1%} of the words unknown to the model)")
+    for line in report.warnings():
+        if a.raw and "--raw" in line:
+            continue
+        print(f"lm: warning: {line}", file=sys.stderr)
     return 0
 
 
 def cmd_generate(a) -> int:
-    from lm.checkpoint import load_model_dir
-    from lm.text import tokenize
     if a.max_tokens < 1 or a.temperature < 0 or not 0 < a.top_p <= 1 or a.top_k < 0 or a.num < 1:
         raise UserError("need --max-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --num >= 1")
-    loaded = load_model_dir(a.model)
-    from lm.inference import generate
-    prompt = tokenize(a.prompt)
+    from lm.api import LanguageModel
+    model = LanguageModel.load(a.model)
     samples = []
     for i in range(a.num):
         seed = None if a.seed is None else a.seed + i
-        words = generate(loaded, prompt, a.max_tokens, a.temperature, a.top_k, a.top_p, seed)
-        samples.append(" ".join(prompt + words))
-    print(json.dumps(samples) if a.json else "\n".join(samples))
+        samples.append(model.generate(a.prompt, a.max_tokens, a.temperature, a.top_k, a.top_p, seed))
+    unknown = samples[0].unknown_words if samples else []
+    if unknown:
+        print(f"lm: note: the model does not know {', '.join(dict.fromkeys(unknown))} in the prompt; it read "
+              f"{'it' if len(set(unknown)) == 1 else 'them'} as <unk>", file=sys.stderr)
+    print(json.dumps([g.text for g in samples]) if a.json else "\n".join(g.text for g in samples))
     return 0
 
 
@@ -407,11 +443,16 @@ def native_logs_silenced():
         os.close(saved)
 
 
-def run_cli(prog: str, parser: argparse.ArgumentParser, commands: dict, argv=None) -> int:
+def run_cli(prog: str, parser: argparse.ArgumentParser, commands: dict, argv=None, fast_commands=()) -> int:
     """Parses, runs, and turns user errors into one line on stderr and exit status 2 (no traceback). Run as a
-    program (argv None), native library chatter on stderr is dropped (native_logs_silenced)."""
+    program (argv None), native library chatter on stderr is dropped (native_logs_silenced). `fast_commands` run
+    on the fast-starting inference backend unless KERAS_BACKEND is set (lm.startup)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser.parse_args(argv)
+    if args.command in fast_commands:  # inference only: Keras' NumPy backend starts in a second (lm.startup)
+        from lm.startup import import_keras, prefer_fast_backend
+        prefer_fast_backend()
+        import_keras()
     with native_logs_silenced() if argv is None else contextlib.nullcontext():
         return _run_command(prog, commands, args)
 
@@ -430,8 +471,11 @@ def _run_command(prog: str, commands: dict, args) -> int:
         return 1
 
 
+FAST_COMMANDS = ("generate", "perplexity")
+
+
 def main(argv=None) -> int:
-    return run_cli("lm", build_parser(), COMMANDS, argv)
+    return run_cli("lm", build_parser(), COMMANDS, argv, fast_commands=FAST_COMMANDS)
 
 
 if __name__ == "__main__":

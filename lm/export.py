@@ -35,8 +35,9 @@ from lm.errors import UserError
 
 __all__ = ["export_language_model", "tokenize_graph", "ids_to_text_graph", "TOKEN_PATTERN"]
 
-#: lm.text's word pattern (lm.text._WORD), used by the in-graph tokenizer.
-TOKEN_PATTERN = r"[a-z0-9]+(?:['’][a-z]+)*|<unk>"
+#: lm.text's word pattern (lm.text._WORD: runs of Unicode letters and digits, inner apostrophes) in RE2 syntax, used
+#: by the in-graph tokenizer.
+TOKEN_PATTERN = r"[\pL\pN]+(?:['’][\pL\pN]+)*|<unk>"
 
 
 # ================================================================================================ shared plumbing

@@ -12,8 +12,9 @@ import re
 
 from lm.errors import UserError
 
-_WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)*|<unk>", re.IGNORECASE)
-_WORD_OR_PUNCT = re.compile(r"[a-z0-9]+(?:['’][a-z]+)*|<unk>|[^\sa-z0-9]", re.IGNORECASE)
+# Words are runs of Unicode letters and digits ("qué", "naïve", "東京"), with inner apostrophes ("don't").
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|<unk>")
+_WORD_OR_PUNCT = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|<unk>|[^\w\s]|_")
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 
 
@@ -23,6 +24,8 @@ def tokenize(text: str, lower: bool = True, keep_punct: bool = False) -> list[st
     Example:
         >>> tokenize("A small red circle, above the square.")
         ['a', 'small', 'red', 'circle', 'above', 'the', 'square']
+        >>> tokenize("¿Qué es esto? これは何ですか")
+        ['qué', 'es', 'esto', 'これは何ですか']
     """
     if lower:
         text = text.lower()

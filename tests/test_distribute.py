@@ -31,7 +31,9 @@ import contextlib, importlib, io, json, os, sys, time
 backend, folder, flickr = sys.argv[1:4]
 try:
     importlib.import_module(backend)
-except Exception as e:
+except ModuleNotFoundError as e:  # not installed: skip; installed but broken: fail (the traceback shows why)
+    if e.name != backend:
+        raise
     print(f"cannot import {backend}: {e}")
     sys.exit(77)
 if backend == "tensorflow":  # two logical CPUs, before anything initialises TensorFlow
@@ -199,7 +201,8 @@ def _check_common(r):
     assert r["state_devices"] == 2 and r["state_shards"] == [[2, 16], [2, 16]]
     assert all(n > 0 for n in r["state_shard_norms"]) and r["state_matches_single"]
     assert r["batch_shards"] == [[2, 5], [2, 5]]
-    assert r["lm_cli"]["epochs"] >= 1 and 1.0 < r["lm_cli"]["valid_perplexity"] < 100
+    # Better than a model that learned nothing (uniform over the 14 ids) after one epoch of a repeating text.
+    assert r["lm_cli"]["epochs"] >= 1 and 1.0 < r["lm_cli"]["valid_perplexity"] < 14
     assert r["captioner_cli"]["epochs"] == 1
 
 

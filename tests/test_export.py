@@ -143,7 +143,8 @@ def test_tokenize_graph_matches_lm_text():
     from lm.export import tokenize_graph
     from lm.text import tokenize
     texts = PROMPTS + QUESTIONS + ["Don't STOP—it's 3:45 p.m.; x’y’z a'b'", "ÉCOLE naïve café 42nd <UNK> <pad>",
-                                   "tabs\tand\nnewlines  ", "İstanbul ǅemal ſtar Kelvin"]
+                                   "tabs\tand\nnewlines  ", "İstanbul ǅemal ſtar Kelvin",
+                                   "¿Qué es esto? これは何ですか Ελληνικά ٣٤ snake_case"]
     graph = [[t.decode() for t in row] for row in tokenize_graph(tf.constant(texts)).to_list()]
     assert graph == [tokenize(t) for t in texts]
 
@@ -278,7 +279,9 @@ def exported(tmp_path_factory):
                                  "decoder": {"embed_dim": 16, "units": 32, "attention_dim": 16, "dropout": 0.0}})
     decoder = captioner.decoder
     _scaled(captioner, [decoder.head, *decoder.init_states, decoder.out_hidden, decoder.gate], 4.0)
-    save_model_dir(root / "caption_model", "caption", captioner, caption_vocab, {"max_length": 8})
+    # "data" as training writes it: the full local path, which must not travel with the export
+    save_model_dir(root / "caption_model", "caption", captioner, caption_vocab,
+                   {"max_length": 8, "data": str(root / "private" / "dataset_mine.json")})
 
     keras.utils.set_random_seed(1)
     lm_vocab = Vocabulary(LM_WORDS)
@@ -297,6 +300,12 @@ def exported(tmp_path_factory):
     save_model_dir(root / "vqa_model", "vqa", vqa, question_vocab,
                    {"max_question_length": 6, "resize_policy": "stretch"}, answers=ANSWERS)
 
+    # Out-of-domain statistics from the scenes (the photos are then outside), as training writes them.
+    from captioner.domain import calibrate_model_dir
+    from captioner.images import load_images
+    scene_pixels, _ = load_images([g for g in good if os.sep + "scenes" + os.sep in g], (32, 32))
+    for folder in ("caption_model", "vqa_model"):
+        calibrate_model_dir(root / folder, scene_pixels[:4], scene_pixels[4:])
     export_captioner(root / "caption_saved", root / "caption_model", beam_width=3)
     export_language_model(root / "lm_saved", root / "lm_model", max_tokens=12)
     export_vqa(root / "vqa_saved", root / "vqa_model")
@@ -314,6 +323,9 @@ def exported(tmp_path_factory):
     vqa_loaded = load_model_dir(root / "vqa_model", task="vqa")
     pairs = [(good[i], QUESTIONS[i % len(QUESTIONS)]) for i in range(0, len(good), 2)]
     python["answers"] = [answer_questions(vqa_loaded, p, [q])[0] for p, q in pairs]
+    from captioner.api import VQA, Captioner
+    python["caption_domain"] = [r.domain_score for r in Captioner.load(root / "caption_model").caption(good)]
+    python["vqa_domain"] = [a.domain_score for a in VQA.load(root / "vqa_model").ask_batch(*zip(*pairs))]
 
     mixed = good[:3] + [str(root / "truncated.jpg"), good[3], str(root / "notes.txt"), str(root / "void")] + good[4:6]
     jobs = [
@@ -385,6 +397,12 @@ def test_bad_images_give_error_rows_and_the_server_keeps_serving(exported):
 
 
 @pytest.mark.slow
+def test_exported_assets_hold_no_local_paths(exported):
+    with open(exported["root"] / "caption_saved" / "assets.extra" / "config.json") as f:
+        config = json.load(f)
+    assert config["data"] == "dataset_mine.json" and config["max_length"] == 8
+
+
 def test_language_model_savedmodel_equals_greedy_generate(exported):
     served = exported["served"]["results"][4]
     assert served["texts"] == exported["python"]["texts"]
@@ -392,6 +410,16 @@ def test_language_model_savedmodel_equals_greedy_generate(exported):
 
 
 @pytest.mark.slow
+def test_savedmodels_report_the_domain_score_as_python_does(exported):
+    python, served = exported["python"], exported["served"]["results"]
+    np.testing.assert_allclose(served[0]["domain_scores"], python["caption_domain"], rtol=1e-4)
+    assert served[0]["out_of_domain"] == [s > 1 for s in python["caption_domain"]]
+    assert any(served[0]["out_of_domain"]) and not all(served[0]["out_of_domain"])  # photos out, scenes in
+    np.testing.assert_allclose(served[5]["domain_scores"], python["vqa_domain"], rtol=1e-4)
+    mixed = served[1]  # a bad image: NaN and not out of domain
+    assert [e != "" for e in mixed["errors"]] == [np.isnan(s) for s in mixed["domain_scores"]]
+
+
 def test_vqa_savedmodel_equals_answer_questions(exported):
     python = exported["python"]["answers"]
     served = exported["served"]["results"][5]

@@ -24,7 +24,9 @@ if backend != "tensorflow":
     sys.modules["tensorflow"] = None
 try:
     importlib.import_module(backend)
-except Exception as e:
+except ModuleNotFoundError as e:  # not installed: skip; installed but broken: fail (the traceback shows why)
+    if e.name != backend:
+        raise
     print(f"cannot import {backend}: {e}")
     sys.exit(77)
 import keras
@@ -40,7 +42,7 @@ for name, n in (("train", 50), ("valid", 6)):
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     rc = main(["train", corpus, "--out", os.path.join(folder, "model"), "--arch", "lstm", "--mode", "stream",
-               "--epochs", "1", "--units", "8", "--batch-size", "4", "--bptt", "5", "--json"])
+               "--epochs", "1", "--units", "8", "--batch-size", "4", "--bptt", "5", "--lr", "0.01", "--json"])
 assert rc == 0, rc
 summary = json.loads(out.getvalue())
 out = io.StringIO()
@@ -112,8 +114,9 @@ def test_stream_lstm_trains_and_generates(children, backend):
     assert result["backend"] == backend
     summary = result["summary"]
     assert summary["epochs"] == 1 and summary["vocab_size"] == 14
-    # One epoch of a tiny model on 13 words: better than nothing, not better than possible.
-    assert 1.0 < summary["valid_perplexity"] < 14 * 1.5
+    # One epoch of a tiny model on 10 random words: better than a model that learned nothing (uniform over the 14
+    # ids), not better than possible (each word is 1 of 10: at least 10 ** (4/5) per token with <eos>).
+    assert 5.0 < summary["valid_perplexity"] < 14
     (sample,) = result["samples"]
     assert len(sample.split()) <= 5
     assert result["carried_norm"] > 1e-3 and result["state_error"] < 1e-5  # fit carried the state, in order

@@ -47,10 +47,10 @@ def test_vqa_folder_without_answers_and_wrong_task(tmp_path):
     os.remove(no_answers / "answers.json")
     with pytest.raises(UserError, match="unreadable vqa model folder"):
         load_captioner(no_answers)
-    with pytest.raises(UserError, match="this is a vqa model, not a caption model"):
+    with pytest.raises(UserError, match="this is a VQA model folder, not a captioner folder"):
         load_captioner(BUNDLED["vqa"], task="caption")
     config = json.loads((no_answers / "config.json").read_text())
     config["task"] = "translation"
     (no_answers / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match="unknown task 'translation'"):
+    with pytest.raises(UserError, match="unknown task 'translation', not a captioner or VQA model folder"):
         load_captioner(no_answers)

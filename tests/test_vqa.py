@@ -123,7 +123,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("name", ["v2", "jsonl"])
 def test_train_writes_a_folder_that_answers(trained, name):
     folder, summary = trained[name]
-    for file in ("config.json", "vocab.json", "answers.json", "model.weights.h5"):
+    for file in ("config.json", "vocab.json", "answers.json", "model.weights.h5", "domain.npz"):
         assert os.path.isfile(os.path.join(folder, file)), file
     assert summary["epochs"] == 1 and summary["answers"] >= 2
     loaded = load_model_dir(str(folder), task="vqa")
@@ -152,8 +152,15 @@ def test_corrupt_image_raises_image_error(trained, tmp_path):
 def test_evaluate_reports_accuracy_by_type(trained):
     loaded = load_model_dir(str(trained["v2"][0]))
     result = evaluate_vqa(loaded, VQA_V2, split="train")
-    assert result["count"] == 8 or result["count"] > 0
-    assert 0.0 <= result["accuracy"] <= 1.0
+    # Exactly the answered training questions, each scored by the official formula on the model's own answer.
+    from captioner.datasets import load_vqa_dataset, split_examples
+    from captioner.metrics import vqa_accuracy
+    examples = [e for e in split_examples(load_vqa_dataset(VQA_V2), "train") if e.answers]
+    assert result["count"] == len(examples) > 0
+    predicted = [answer_questions(loaded, e.image, [e.question])[0]["answer"] for e in examples]
+    expected = vqa_accuracy(predicted, [e.answers for e in examples], [e.answer_type for e in examples])
+    assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+    assert result["per_type"]["answer_type"] == pytest.approx(expected["per_type"])
     assert set(result["per_type"]) == {"answer_type", "question_type"}
     assert set(result["per_type"]["answer_type"]) <= {"yes/no", "number", "other"}
     with pytest.raises(UserError):
@@ -184,15 +191,17 @@ def test_ask_cli_with_the_bundled_model_on_edge_cases(tmp_path, capsys):
         out, err = capsys.readouterr()
         return rc, out, err
 
-    rc, out, err = ask(image, count["question"], "--json", "--attention-out", tmp_path / "a.png")
+    rc, out, err = ask(image, count["question"], "--json", "--attention-out", tmp_path / "pictures")
     reply = json.loads(out)
     assert rc == 0 and err == "" and reply["unknown_words"] == []
     assert reply["answer"] == count["answer"] and 0.5 < reply["score"] <= 1.0  # the bundled model counts right
-    assert (tmp_path / "a.png").stat().st_size > 0
+    assert reply["out_of_domain"] is False and 0 < reply["domain_score"] < 1
+    picture = tmp_path / "pictures" / (os.path.splitext(os.path.basename(image))[0] + ".attention.png")
+    assert reply["attention_png"] == str(picture) and picture.stat().st_size > 0
 
     for question in ("", "  ?! "):
         rc, out, err = ask(image, question)
-        assert rc == 2 and out == "" and err.count("\n") == 1 and "question is empty" in err
+        assert rc == 2 and out == "" and err.count("\n") == 1 and "the question has no words" in err
 
     rc, out, err = ask(image, "how many zorblax are flibbering", "--json")
     assert rc == 0 and json.loads(out)["unknown_words"] == ["zorblax", "flibbering"]
@@ -201,9 +210,16 @@ def test_ask_cli_with_the_bundled_model_on_edge_cases(tmp_path, capsys):
     assert rc == 0 and out.strip() and "no word is in the model's vocabulary" in err
 
     # `captioner evaluate` on VQA data without --model picks the bundled VQA model, not the captioner.
-    rc = cli.main(["evaluate", os.path.join(scenes, "vqa.jsonl"), "--split", count["split"], "--json"])
+    rc = cli.main(["evaluate", os.path.join(scenes, "vqa.jsonl"), "--split", "all", "--json"])
     scores = json.loads(capsys.readouterr().out)
-    assert rc == 0 and scores["count"] > 0 and 0 <= scores["accuracy"] <= 1 and "per_type" in scores
+    assert rc == 0 and scores["count"] == len(qa) and "per_type" in scores
+    from captioner import VQA
+    from captioner.datasets import load_vqa_dataset
+    from captioner.metrics import vqa_accuracy
+    examples = load_vqa_dataset(os.path.join(scenes, "vqa.jsonl"))
+    answered = [a.answer for a in VQA.load().ask_batch([e.image for e in examples], [e.question for e in examples])]
+    assert scores["accuracy"] == pytest.approx(vqa_accuracy(answered, [e.answers for e in examples])["accuracy"])
+    assert scores["domain"]["images"] == 2 and scores["domain"]["out_of_domain"] == 0
 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")

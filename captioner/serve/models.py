@@ -166,7 +166,8 @@ class VQAService:
 
     def _answer_rows(self, batch: list) -> list[dict]:
         """The forward pass of captioner.vqa.answer_questions, for many (image, question) pairs at once."""
-        from captioner.vqa import _predict, _softmax, encode_questions
+        from captioner.vqa import encode_questions
+        from captioner.vqa.answering import _predict, _softmax
         from lm.text import tokenize
         if not batch:
             return []

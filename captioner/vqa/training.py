@@ -195,6 +195,10 @@ def train_vqa(data_path, out_dir, image_root=None, annotations=None, backbone: s
                   **fit_kwargs)
     best.finish()
     fit_seconds = time.perf_counter() - fit_start
+    if model.backbone is not None:  # domain.npz: what out-of-domain images are measured by (blind: no image)
+        from captioner.domain import calibrate_from_data
+        calibrate_from_data(out_dir, data_path, image_root, annotations=annotations, train_split=train_split,
+                            heldout_split=val_split, max_train=1000, max_heldout=300)
     seen = len(best.history) * len(train) if max_steps is None else min(len(train), int(max_steps) * batch_size)
     return {
         "out_dir": os.path.abspath(out_dir),
