@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="captioner folder (default: the bundled scenes captioner)")
     p.add_argument("--beam", type=int, default=3, help="beam width (1 = greedy; default 3)")
     p.add_argument("--max-length", type=int, default=None, help="maximum words (default: the model's)")
+    add_search_flags(p)
     p.add_argument("--attention-out", default=None, metavar="DIR",
                    help="write one PNG per image with the attention map of every word")
     p.add_argument("--json", action="store_true",
@@ -63,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="backbone weights: imagenet, a weights file, or none")
     p.add_argument("--image-size", type=int, default=None, help="square input size (default: the backbone's)")
     p.add_argument("--trainable-blocks", type=int, default=0, help="fine-tune the top N backbone blocks (-1 = all)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="examples per step (default 32; SCST: images per step, each with --samples captions)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; with --scst use ~5e-5)")
     p.add_argument("--patience", type=int, default=None,
                    help="caption training: stop after this many epochs without validation gain (default 3)")
     p.add_argument("--lr-decay", type=float, default=None,
@@ -80,12 +82,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha-c", type=float, default=1.0, help="doubly stochastic attention weight (0 = off)")
     p.add_argument("--scheduled-sampling", type=float, default=0.0, help="probability of feeding own predictions")
     p.add_argument("--min-count", type=int, default=1, help="drop caption words seen fewer times")
-    p.add_argument("--max-length", type=int, default=24, help="longest caption in words (+ <eos>)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="longest caption in words (+ <eos>) (default 24; SCST: the --init model's)")
     p.add_argument("--cache-features", dest="cache_features", action="store_true", default=None,
                    help="extract grids once and train the decoder only (default for frozen pretrained CNNs)")
     p.add_argument("--no-cache-features", dest="cache_features", action="store_false")
     p.add_argument("--cache-dir", default=None, help="where cached features go (default OUT/features)")
     p.add_argument("--init-from-lm", default=None, metavar="MODEL_DIR", help="start the decoder from an lm model")
+    p.add_argument("--schedule", choices=["none", "cosine", "step"], default=None,
+                   help="caption training: learning-rate decay over the run after --warmup (default none: constant)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="caption training: epochs of linear learning-rate warmup, fractions allowed (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=None, help="caption training: label smoothing (default 0)")
+    p.add_argument("--clipnorm", type=float, default=None,
+                   help="caption training: clip the global gradient norm to this (0 = off; default 5)")
+    p.add_argument("--monitor", choices=["loss", "cider"], default=None,
+                   help="caption training: keep the epoch with the best validation loss or validation CIDEr-D of "
+                        "greedy captions, and stop early on it (default loss)")
+    p.add_argument("--scst", action="store_true",
+                   help="self-critical training (CIDEr-D reward) of the caption model given by --init; writes --out")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR", help="SCST: the XE-trained caption model to start from")
+    p.add_argument("--samples", type=int, default=5, help="SCST: captions sampled per image (default 5)")
+    p.add_argument("--temperature", type=float, default=1.0, help="SCST: sampling temperature (default 1.0)")
     p.add_argument("--hops", type=int, default=2, help="VQA: stacked attention hops")
     p.add_argument("--vqa-mode", choices=["attention", "blind", "mean"], default="attention",
                    help="VQA: stacked attention, question only, or mean-pooled image")
@@ -113,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--task", choices=["caption", "vqa"], default="caption",
                    help="which bundled model when --model is omitted")
-    p.add_argument("--beam", type=int, default=3, help="beam width fixed in the exported graph")
+    p.add_argument("--beam", type=int, default=3, help="beam width fixed in the exported graph (default 3)")
+    add_search_flags(p, fixed=True)
 
     p = sub.add_parser("scenes", help="generate synthetic scenes (images, captions, questions)")
     p.add_argument("out_dir")
@@ -127,6 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=20261122, help="scene seed (never used in training)")
     p.add_argument("--json", action="store_true")
     return parser
+
+
+def add_search_flags(p, fixed: bool = False) -> None:
+    """--length-penalty, --min-length, --block-repeats, --num-captions (caption and export share them)."""
+    where = " (fixed in the exported graph)" if fixed else ""
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="rank captions by sum log p / length ** this: 0 = raw sum (short captions win), 1 = mean "
+                        f"log p per word{where} (default 1.0)")
+    p.add_argument("--min-length", type=int, default=0, help=f"no <eos> before this many words{where} (default 0)")
+    p.add_argument("--block-repeats", type=int, default=0, metavar="N",
+                   help="never repeat an N-word sequence: 3 = trigram blocking, 1 = no word twice, 0 = off"
+                        f"{where} (default 0)")
+    p.add_argument("--num-captions", type=int, default=1,
+                   help=f"return the N best captions per image (needs --beam >= N){where} (default 1)")
+
+
+def check_search_flags(a) -> dict:
+    """The search flags as keyword arguments, after checking them (one-line errors)."""
+    if a.beam < 1:
+        raise UserError("--beam must be >= 1")
+    if a.min_length < 0 or a.block_repeats < 0:
+        raise UserError("--min-length and --block-repeats must be >= 0")
+    if not 1 <= a.num_captions <= a.beam:
+        raise UserError(f"--num-captions must be between 1 and --beam ({a.beam}); raise --beam for more captions")
+    if getattr(a, "max_length", None) is not None and a.min_length >= a.max_length:
+        raise UserError("--min-length must be smaller than --max-length")
+    return {"length_penalty": a.length_penalty, "min_length": a.min_length, "block_repeats": a.block_repeats,
+            "num_captions": a.num_captions}
 
 
 def _attention_png_names(images) -> list[str]:
@@ -156,10 +203,11 @@ def _write_attention_png(result: dict, image_source, out_dir: str, name: str) ->
 
 def cmd_caption(a) -> int:
     from captioner.model import caption_files, load_model_dir
-    if a.beam < 1:
-        raise UserError("--beam must be >= 1")
+    search = check_search_flags(a)
+    if a.max_length is not None and a.max_length < 1:
+        raise UserError("--max-length must be >= 1")
     loaded = load_model_dir(a.model, task="caption")
-    results = caption_files(loaded, list(a.images), beam_width=a.beam, max_length=a.max_length)
+    results = caption_files(loaded, list(a.images), beam_width=a.beam, max_length=a.max_length, **search)
     failures = 0
     png_names = _attention_png_names(a.images)
     for r, png_name in zip(results, png_names):
@@ -171,9 +219,10 @@ def cmd_caption(a) -> int:
         if a.attention_out:
             r["attention_png"] = _write_attention_png(r, r["image"], a.attention_out, png_name)
         if not a.json:
-            print(f"{r['image']}\t{r['caption']}")
+            for c in r.get("captions", [r]):  # the n best with --num-captions, best first
+                print(f"{r['image']}\t{c['caption']}")
     if a.json:
-        keep = ("image", "caption", "score", "error", "attention_png")
+        keep = ("image", "caption", "score", "captions", "error", "attention_png")
         print(json.dumps([{k: r[k] for k in keep if k in r} for r in results]))
     return 1 if failures else 0
 
@@ -215,11 +264,17 @@ def cmd_train(a) -> int:
                   embed=a.embed, units=a.units, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
                   verbose=verbose, time_budget=a.time_budget)
     # Caption-only flags given on the command line; left out, train_captioner's own defaults hold.
-    caption_only = {k: v for k, v in (("patience", a.patience), ("lr_decay", a.lr_decay)) if v is not None}
+    caption_only = {k: v for k, v in (("patience", a.patience), ("lr_decay", a.lr_decay), ("schedule", a.schedule),
+                                      ("warmup", a.warmup), ("label_smoothing", a.label_smoothing),
+                                      ("clipnorm", a.clipnorm), ("monitor", a.monitor),
+                                      ("max_length", a.max_length)) if v is not None}
+    if a.scst or a.init:
+        return _train_scst(a, task, verbose)
     if task == "vqa":
         if a.mixed_precision or a.distribute or a.jit != "auto" or caption_only:
-            raise UserError("--mixed-precision, --jit/--no-jit, --distribute, --patience and --lr-decay apply to "
-                            "caption training only")
+            given = [f"--{k.replace('_', '-')}" for k in caption_only]
+            raise UserError(f"{', '.join(given) or '--mixed-precision, --jit/--no-jit, --distribute'}: caption "
+                            "training only (the data has questions: VQA)")
         from captioner.vqa import train_vqa
         summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode, **common)
     else:
@@ -227,10 +282,27 @@ def cmd_train(a) -> int:
         summary = train_captioner(a.data, a.out, attention_dim=a.attention_dim, cell=a.cell, dropout=a.dropout,
                                   attention=not a.no_attention, alpha_c=a.alpha_c,
                                   scheduled_sampling=a.scheduled_sampling, min_count=a.min_count,
-                                  max_length=a.max_length, cache_features=a.cache_features, cache_dir=a.cache_dir,
+                                  cache_features=a.cache_features, cache_dir=a.cache_dir,
                                   init_from_lm=a.init_from_lm, mixed_precision=a.mixed_precision, jit=a.jit,
                                   distribute=a.distribute, **caption_only, **common)
     print(json.dumps(summary) if a.json else f"wrote {a.out} ({task} model, {summary.get('train_seconds')} s)")
+    return 0
+
+
+def _train_scst(a, task, verbose) -> int:
+    """`captioner train DATA --scst --init XE_DIR --out DIR`: the SCST flags only (captioner.scst)."""
+    if not (a.scst and a.init):
+        raise UserError("self-critical training needs both --scst and --init MODEL_DIR (an XE-trained captioner)")
+    if task == "vqa":
+        raise UserError("--scst trains caption models, but the data has questions (VQA)")
+    from captioner.scst import train_scst
+    summary = train_scst(a.data, a.init, a.out, image_root=a.image_root, samples=a.samples, epochs=a.epochs,
+                         batch_size=a.batch_size, lr=a.lr, temperature=a.temperature,
+                         max_length=a.max_length, train_split=a.split_train,
+                         val_split=a.split_val, seed=a.seed, verbose=verbose, time_budget=a.time_budget,
+                         patience=a.patience or 3, clipnorm=5.0 if a.clipnorm is None else a.clipnorm)
+    print(json.dumps(summary) if a.json else f"wrote {a.out} (SCST from {a.init}, {summary['train_seconds']} s, "
+                                              f"best epoch {summary['best_epoch']})")
     return 0
 
 
@@ -272,7 +344,7 @@ def cmd_export(a) -> int:
     if loaded.task == "vqa":
         export.export_vqa(a.out_dir, loaded.directory)
     else:
-        export.export_captioner(a.out_dir, loaded.directory, beam_width=a.beam)
+        export.export_captioner(a.out_dir, loaded.directory, beam_width=a.beam, **check_search_flags(a))
     print(f"wrote SavedModel {a.out_dir} ({loaded.task}; signature serving_default)")
     return 0
 

@@ -109,9 +109,14 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     cell="lstm", dropout=0.3, attention=True, alpha_c=1.0, scheduled_sampling=0.0, min_count=1,
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
-                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False) -> dict:
+                    patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False,
+                    schedule=None, warmup=0.0, label_smoothing=0.0, clipnorm=5.0, monitor="loss") -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
     `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
+    `schedule` "cosine" / "step" decays the learning rate over the run (lm.schedules.WarmupDecay) after `warmup`
+    epochs of linear warmup (fractions allowed); `label_smoothing` smooths the targets; `clipnorm` clips the global
+    gradient norm (0 = off). `monitor` "loss" keeps the epoch with the best validation loss, "cider" the one with
+    the best validation CIDEr-D of greedy captions (captioner.cider), for the checkpoint and for early stopping.
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
     all local devices) are lm.accel's."""
     from captioner.backbones import backbone_spec
@@ -167,17 +172,20 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     val_batches = (CaptionBatches(val_inputs, val_index, val_caps, batch_size, shuffle=False, fixed_width=fixed,
                                   drop_remainder=distribute)
                    if val else None)
-    trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
-                    jit_compile=jit_option(jit))
+    from captioner.xe import compile_for_xe, monitor_callbacks
+    compile_for_xe(trainee, lr, schedule, warmup, epochs, steps_per_epoch or len(train_batches), label_smoothing,
+                   clipnorm, lr_decay, jit_option(jit))
     extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
     checkpoint = BestCheckpoint(model, vocab, out_dir, extra, patience, time_budget, start, verbose, lr_decay)
+    callbacks = monitor_callbacks(checkpoint, monitor, model, vocab, val, val_inputs, cache_features, max_length,
+                                  train, verbose)
     history = trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, verbose=verbose,
-                          callbacks=[checkpoint], steps_per_epoch=steps_per_epoch)
+                          callbacks=callbacks, steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. no validation split: keep the last epoch
         save_model_dir(out_dir, "caption", model, vocab, extra)
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history.history.get("loss", [])),
             "loss": history.history.get("loss"), "val_loss": history.history.get("val_loss"),
+            "val_cider": history.history.get("val_cider"), "best_epoch": checkpoint.best_epoch,
             "vocab_size": len(vocab), "train_images": len(train), "train_pairs": len(train_caps),
             "cached_features": bool(cache_features)}
 
@@ -192,12 +200,15 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.patience, self.time_budget, self.start, self.verbose = patience, time_budget, start, verbose
         self.lr_decay = float(lr_decay)
         self.best, self.bad, self.saved = math.inf, 0, False
+        self.monitor, self.best_epoch = "loss", None  # "cider": higher val_cider is better
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value = logs.get("val_loss", logs.get("loss"))
+        if self.monitor == "cider" and logs.get("val_cider") is not None:
+            value = -logs["val_cider"]
         if value is not None and value < self.best:
-            self.best, self.bad, self.saved = value, 0, True
+            self.best, self.bad, self.saved, self.best_epoch = value, 0, True, epoch + 1
             save_model_dir(self.out_dir, "caption", self.captioner, self.vocab, self.extra)
         else:
             self.bad += 1
@@ -216,8 +227,11 @@ def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
     """Starts the decoder's embedding and recurrent weights from a trained `lm` model folder.
 
     Words are mapped through both vocabularies (a caption word the LM lacks keeps its random embedding). The
-    decoder's cell input is [word embedding; context], so the LM kernel fills the word rows and the context rows stay
-    random. Any shape that differs is reported and left as it was, never silently skipped.
+    caption's `<bos>` row gets the LM's line-start token: `<eos>` for a stream-trained LM (its lines follow an
+    `<eos>`; its `<bos>` row never trained), `<bos>` for a sentence-trained one. The decoder's cell input is
+    [word embedding; context], so the LM kernel fills the word rows and the context rows stay random. The decoder
+    has one recurrent layer: the LM's layer 0 is copied and every further LM layer is named as not copied. Any
+    shape that differs is reported and left as it was, never silently skipped.
     """
     from lm.checkpoint import load_model_dir
     lm = load_model_dir(lm_dir)
@@ -231,11 +245,16 @@ def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
     if lm_emb.shape[1] != emb.shape[1]:
         lines.append(f"embedding: LM {lm_emb.shape[1]} vs decoder {emb.shape[1]} dims: not copied")
     else:
-        shared = [(i, lm.vocab.stoi[w]) for i, w in enumerate(vocab.itos) if w in lm.vocab.stoi]
+        from lm.vocab import BOS, EOS
+        line_start = EOS if lm.mode == "stream" else BOS
+        source_of = {w: w for w in vocab.itos if w in lm.vocab.stoi}
+        source_of[BOS] = line_start  # the caption's <bos> plays the LM's line start
+        shared = [(i, lm.vocab.stoi[source_of[w]]) for i, w in enumerate(vocab.itos) if w in source_of]
         for i, j in shared:
             emb[i] = lm_emb[j]
         decoder.embedding.embeddings.assign(emb)
-        lines.append(f"embedding: {len(shared)} of {len(vocab)} caption words copied from the LM")
+        lines.append(f"embedding: {len(shared)} of {len(vocab)} caption words copied from the LM "
+                     f"(<bos> from the LM's {line_start}, its {lm.mode} line start)")
     src_cell, dst_cell = source.stack.cells[0], decoder.stack.cells[0]
     for name in ("kernel", "recurrent_kernel", "bias"):
         a, b = getattr(src_cell, name), getattr(dst_cell, name)
@@ -250,4 +269,7 @@ def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
             lines.append(f"kernel: copied the {a_val.shape[0]} word-input rows of {b_val.shape[0]}")
         else:
             lines.append(f"{name}: LM {a_val.shape} vs decoder {b_val.shape}: not copied")
+    lines[-3:] = ["layer 0 " + line for line in lines[-3:]]
+    for layer in range(1, len(source.stack.cells)):
+        lines.append(f"layer {layer}: not copied (the caption decoder has one recurrent layer)")
     return "init from LM: " + "; ".join(lines)

@@ -61,6 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--lr-decay", type=float, default=1.0,
                    help="divide the learning rate by this after an epoch without validation gain (default 1: off)")
+    p.add_argument("--schedule", choices=["none", "cosine", "step"], default="none",
+                   help="learning-rate decay over the run (default none: constant)")
+    p.add_argument("--warmup", type=float, default=0.0, help="epochs of linear learning-rate warmup (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default 0)")
+    p.add_argument("--monitor", choices=["loss", "cider"], default="loss",
+                   help="best epoch by validation loss or by validation CIDEr-D (default loss)")
     p.add_argument("--beam", type=int, default=3, help="beam width for evaluation (default 3)")
     p.add_argument("--meteor", action="store_true", help="also compute METEOR (Java; adds a few seconds a split)")
     p.add_argument("--only", choices=["attention", "no-attention"], default=None, help="train just one of the two")
@@ -105,7 +111,8 @@ def train_and_score(args, dataset: str, out_dir: str, attention: bool) -> dict:
             attention_dim=args.attention_dim, dropout=args.dropout, attention=attention,
             alpha_c=args.alpha_c if attention else 0.0, max_length=args.max_length, seed=args.seed,
             verbose=0 if args.json else 2, time_budget=args.time_budget, patience=args.patience,
-            lr_decay=args.lr_decay)
+            lr_decay=args.lr_decay, schedule=args.schedule, warmup=args.warmup,
+            label_smoothing=args.label_smoothing, monitor=args.monitor)
     cpu = time.process_time() - cpu
     loaded = load_model_dir(out_dir, task="caption")
     result = {"train_seconds": summary["train_seconds"], "train_cpu_seconds": round(cpu, 1),
