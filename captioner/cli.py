@@ -256,6 +256,8 @@ def cmd_ask(a) -> int:
 
 def cmd_train(a) -> int:
     from captioner.datasets import detect_task
+    if (a.scst or a.init) and not (a.scst and a.init):
+        raise UserError("self-critical training needs both --scst and --init MODEL_DIR (an XE-trained captioner)")
     task = a.task or detect_task(a.data)
     verbose = 0 if a.json else (1 if sys.stdout.isatty() else 2)
     weights = None if a.weights in (None, "none", "None") else a.weights
@@ -291,8 +293,6 @@ def cmd_train(a) -> int:
 
 def _train_scst(a, task, verbose) -> int:
     """`captioner train DATA --scst --init XE_DIR --out DIR`: the SCST flags only (captioner.scst)."""
-    if not (a.scst and a.init):
-        raise UserError("self-critical training needs both --scst and --init MODEL_DIR (an XE-trained captioner)")
     if task == "vqa":
         raise UserError("--scst trains caption models, but the data has questions (VQA)")
     from captioner.scst import train_scst

@@ -185,6 +185,7 @@ _CHILD = textwrap.dedent("""
             __import__(name)
         except ImportError:
             blocked.append(name)
+    import numpy as np
     import tensorflow as tf
     jobs = json.load(open(sys.argv[1]))
     results, models = [], {}
@@ -201,7 +202,9 @@ _CHILD = textwrap.dedent("""
             row = {}
             for key, value in out.items():
                 value = value.numpy()
-                row[key] = [v.decode() for v in value] if value.dtype == object else value.tolist()
+                if value.dtype == object:  # strings, of any rank (all_captions is [batch, n])
+                    value = np.vectorize(lambda b: b.decode(), otypes=[object])(value)
+                row[key] = value.tolist()
             results.append(row)
         except Exception as e:  # noqa: BLE001 - reported to the test
             results.append({"exception": type(e).__name__, "message": str(e)[:500]})
