@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 from captioner.cider import CiderD
+from lm.accel import jit_option
 from lm.errors import UserError
 from lm.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -109,7 +110,8 @@ def greedy_cider(search, grids, scorer: CiderD, batch_size=128) -> float:
 
 def train_scst(data, init_dir, out_dir, image_root=None, samples=5, epochs=5, batch_size=16, lr=5e-5,
                temperature=1.0, max_length=None, train_split="train", val_split="val", seed=0, verbose=1,
-               time_budget=None, max_images=None, patience=3, clipnorm=5.0, steps_per_epoch=None) -> dict:
+               time_budget=None, max_images=None, patience=3, clipnorm=5.0, steps_per_epoch=None,
+               jit="auto") -> dict:
     """Fine-tunes the decoder of the captioner in `init_dir` with SCST and writes the best epoch to `out_dir`.
 
     Args:
@@ -121,6 +123,8 @@ def train_scst(data, init_dir, out_dir, image_root=None, samples=5, epochs=5, ba
         max_length: longest sample in tokens (words + `<eos>`); default the model folder's.
         patience: stop after this many epochs without a better validation CIDEr-D.
         time_budget: stop after the step past this many seconds.
+        steps_per_epoch: steps per epoch (default: one pass over the training images).
+        jit: the train step's jit_compile ("auto", True, False), as lm.accel's.
     Returns:
         a summary: per-epoch mean sample reward and validation CIDEr-D (greedy), the best epoch, time.
     """
@@ -164,7 +168,7 @@ def train_scst(data, init_dir, out_dir, image_root=None, samples=5, epochs=5, ba
     saved_dropout, saved_alpha = decoder.drop.rate, decoder.alpha_c
     decoder.drop.rate, decoder.alpha_c = 0.0, 0.0
     decoder.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=float(clipnorm) or None),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_option(jit))
     width = int(math.ceil(max_length / 4) * 4)  # one padded width: one compiled graph
     rng = np.random.default_rng(seed)
     sampler = keras.random.SeedGenerator(seed)

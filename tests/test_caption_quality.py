@@ -86,7 +86,7 @@ def run_scst_smoke(root):
     save_model_dir(os.path.join(root, "xe"), "caption", model, vocab, {"max_length": 8})
     summary = train_scst(os.path.join(data, "dataset_scenes.json"), os.path.join(root, "xe"),
                          os.path.join(root, "scst"), samples=3, epochs=1, batch_size=4, steps_per_epoch=3, lr=1e-2,
-                         verbose=0, patience=1)
+                         verbose=0, patience=1, jit=False)
     before = load_model_dir(os.path.join(root, "xe")).model.decoder.get_weights()
     after_folder = load_model_dir(os.path.join(root, "scst"))
     assert after_folder.config["scst"]["samples"] == 3 and after_folder.config["max_length"] == 8
