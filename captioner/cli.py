@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="examples per step (default 32; SCST: images per step, each with --samples captions)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; with --scst use ~5e-5)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; with --scst try 1e-4)")
     p.add_argument("--patience", type=int, default=None,
                    help="caption training: stop after this many epochs without validation gain (default 3)")
     p.add_argument("--lr-decay", type=float, default=None,
@@ -203,9 +203,9 @@ def _write_attention_png(result: dict, image_source, out_dir: str, name: str) ->
 
 def cmd_caption(a) -> int:
     from captioner.model import caption_files, load_model_dir
-    search = check_search_flags(a)
     if a.max_length is not None and a.max_length < 1:
         raise UserError("--max-length must be >= 1")
+    search = check_search_flags(a)
     loaded = load_model_dir(a.model, task="caption")
     results = caption_files(loaded, list(a.images), beam_width=a.beam, max_length=a.max_length, **search)
     failures = 0
