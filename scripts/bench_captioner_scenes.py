@@ -243,7 +243,9 @@ def main(argv=None) -> int:
     dataset = ensure_scenes(args)
     out = args.out or tempfile.mkdtemp(prefix="bench-captioner-")
     budget = f"{args.epochs} epochs" + (f", {args.time_budget:.0f} s" if args.time_budget else "")
-    log(args, f"== backend {keras.backend.backend()}; budget per model: {budget}; models in {out}")
+    if args.scst and args.xe_model:
+        budget = f"XE model given ({args.xe_model})"
+    log(args, f"== backend {keras.backend.backend()}; budget per XE model: {budget}; models in {out}")
     results = {}
     if args.scst:
         results = run_scst(args, dataset, out)

@@ -69,14 +69,14 @@ def test_self_critical_advantages_use_the_other_samples():
 
 
 def run_scst_smoke(root):
-    """A random tiny captioner, SCST for one short epoch on 30 scenes: a model folder comes out, loads, differs from
+    """A random tiny captioner, SCST for one short epoch on 20 scenes: a model folder comes out, loads, differs from
     the start, and the summary is sane. Returns the summary."""
     import keras
     from captioner.model import build_captioner, load_model_dir, save_model_dir
     from captioner.scenes import generate_scenes
     from captioner.scst import train_scst
     data = os.path.join(root, "scenes")
-    generate_scenes(data, 30, seed=3)  # 64x64, read at 32x32
+    generate_scenes(data, 20, seed=3)  # 64x64, read at 32x32
     with open(os.path.join(data, "dataset_scenes.json")) as f:
         words = sorted({w for im in json.load(f)["images"] for s in im["sentences"] for w in s["tokens"]})
     keras.utils.set_random_seed(0)
@@ -85,7 +85,7 @@ def run_scst_smoke(root):
                              "decoder": {"embed_dim": 8, "units": 16, "attention_dim": 8, "dropout": 0.1}})
     save_model_dir(os.path.join(root, "xe"), "caption", model, vocab, {"max_length": 8})
     summary = train_scst(os.path.join(data, "dataset_scenes.json"), os.path.join(root, "xe"),
-                         os.path.join(root, "scst"), samples=3, epochs=1, batch_size=4, steps_per_epoch=3, lr=1e-2,
+                         os.path.join(root, "scst"), samples=3, epochs=1, batch_size=4, steps_per_epoch=2, lr=1e-2,
                          verbose=0, patience=1, jit=False)
     before = load_model_dir(os.path.join(root, "xe")).model.decoder.get_weights()
     after_folder = load_model_dir(os.path.join(root, "scst"))
