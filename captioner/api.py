@@ -75,6 +75,8 @@ class CaptionResult(_Result):
         out_of_domain: domain_score > 1 (None without domain statistics).
         image: the path, or "<image N>" for bytes, PIL images and arrays.
         error: the one-line reason when the image could not be read (with errors="return"), else None.
+        captions: with num_captions n > 1, the n best as [{"caption", "score"}], best first (the first is
+            `caption`); else empty.
     """
 
     caption: str
@@ -85,6 +87,7 @@ class CaptionResult(_Result):
     out_of_domain: bool | None
     image: str = ""
     error: str | None = None
+    captions: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -196,7 +199,8 @@ class Captioner(_Model):
     task = "caption"
 
     def caption(self, images, beam: int = 3, max_length: int | None = None, length_penalty: float = 1.0,
-                batch_size: int = 16, errors: str = "raise", max_pixels: int | None = None):
+                batch_size: int = 16, errors: str = "raise", max_pixels: int | None = None, min_length: int = 0,
+                block_repeats: int = 0, num_captions: int = 1):
         """Captions one image (-> a CaptionResult) or a sequence of images (-> a list, in order).
 
         Args:
@@ -208,6 +212,9 @@ class Captioner(_Model):
             errors: "raise" (an unreadable image raises captioner.images.ImageError) or "return" (its result has
                 `error` set and an empty caption).
             max_pixels: refuse bigger images (default captioner.images.MAX_PIXELS, 64 megapixels).
+            min_length: no end of caption before this many words.
+            block_repeats: never repeat an N-word sequence (3: trigram blocking, 1: no word twice, 0: off).
+            num_captions: the n best captions per image in `captions` (beam search, n <= beam).
         """
         single = _single(images)
         sources = [images] if single else list(images)
@@ -218,6 +225,8 @@ class Captioner(_Model):
             max_length = default_length
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
             raise UserError(f"max_length must be a whole number >= 1 (got {max_length!r})")
+        if not 1 <= int(num_captions) <= int(beam):
+            raise UserError(f"num_captions must be between 1 and the beam width ({beam})")
         if errors not in ("raise", "return"):
             raise UserError(f"errors must be 'raise' or 'return' (got {errors!r})")
         from keras import ops
@@ -233,8 +242,12 @@ class Captioner(_Model):
             grid = self._grid(images_np)  # (batch, pixels, C)
             words, scores, alphas = loaded.model.decoder.generate(
                 grid, beam_width=int(beam), max_length=int(max_length), length_penalty=length_penalty,
-                start_id=vocab.bos_id, end_id=vocab.eos_id)
+                start_id=vocab.bos_id, end_id=vocab.eos_id, min_length=int(min_length),
+                block_repeats=int(block_repeats), num_captions=int(num_captions))
             words, scores, alphas = (ops.convert_to_numpy(x) for x in (words, scores, alphas))
+            all_words, all_scores = words, scores
+            if num_captions > 1:  # (batch, n, ...): the best first
+                words, scores, alphas = words[:, 0], scores[:, 0], alphas[:, 0]
             domain_scores, outside = self._domain(images_np, grid)
             for i, source in enumerate(chunk):
                 name = _name(source, start + i)
@@ -250,8 +263,10 @@ class Captioner(_Model):
                 rows = [t for t in range(end) if ids[t] not in (vocab.pad_id, vocab.bos_id)]
                 rows += [end] if end < len(ids) else []
                 attention = alphas[i, rows].reshape(len(rows), grid_h, grid_w)
+                best = ([{"caption": " ".join(vocab.decode(all_words[i, j])), "score": float(all_scores[i, j])}
+                         for j in range(num_captions)] if num_captions > 1 else [])
                 results.append(CaptionResult(" ".join(tokens), tokens, float(scores[i]), attention,
-                                             domain_scores[i], outside[i], image=name))
+                                             domain_scores[i], outside[i], image=name, captions=best))
         return results[0] if single else results
 
 

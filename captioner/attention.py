@@ -61,9 +61,14 @@ class SoftAttention(layers.Layer):
 
 
 def doubly_stochastic_penalty(alphas, mask):
-    """Xu et al.'s regulariser: sum_p (1 - sum_t alpha_tp)^2, encouraging every pixel to be looked at once.
+    """Xu et al.'s regulariser: sum_p (1 - sum_t alpha_tp)^2, encouraging every pixel to be looked at once,
+    normalised per token like the cross-entropy it is added to.
 
-    alphas (batch, time, pixels), mask (batch, time) of 0/1 -> scalar mean over the batch.
+    Xu et al. add lambda * sum_p (...)^2 to the caption's *summed* negative log-likelihood; our loss is the mean
+    over tokens, so each caption's penalty is divided by its number of tokens, and `alpha_c` means Xu's lambda.
+
+    alphas (batch, time, pixels), mask (batch, time) of 0/1 -> scalar: sum over captions of penalty / sum of tokens.
     """
     coverage = ops.sum(alphas * ops.expand_dims(mask, -1), axis=1)  # (batch, pixels)
-    return ops.mean(ops.sum(ops.square(1.0 - coverage), axis=-1))
+    per_caption = ops.sum(ops.square(1.0 - coverage), axis=-1)  # (batch,)
+    return ops.sum(per_caption) / ops.maximum(ops.sum(mask), 1.0)  # per token, as the mean cross-entropy

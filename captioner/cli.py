@@ -41,7 +41,9 @@ TRAIN_FLAG_TASKS = {
     "no_attention": ("caption",), "alpha_c": ("caption",), "scheduled_sampling": ("caption",),
     "min_count": ("caption",), "max_length": ("caption",), "cache_features": ("caption",),
     "init_from_lm": ("caption",), "init_embeddings": ("caption",), "patience": ("caption",), "lr_decay": ("caption",),
-    "mixed_precision": ("caption",), "jit": ("caption",), "distribute": ("caption",),
+    "mixed_precision": ("caption",), "jit": ("caption",), "distribute": ("caption",), "schedule": ("caption",),
+    "warmup": ("caption",), "label_smoothing": ("caption",), "clipnorm": ("caption",), "monitor": ("caption",),
+    "scst": ("caption",), "init": ("caption",), "samples": ("caption",), "temperature": ("caption",),
     "hops": ("vqa",), "vqa_mode": ("vqa",), "annotations": ("vqa",),
 }
 
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=None,
                    help="maximum words (default: the model's, 16 for the bundled captioner)")
     _add_image_flags(p)
+    add_search_flags(p)
     p.add_argument("--json", action="store_true",
                    help="print a JSON list: one object per image with image, caption, score, domain_score, "
                         "out_of_domain (or image and error)")
@@ -129,10 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainable-blocks", type=int, default=0, help="fine-tune the top N backbone blocks (-1 = all)")
     # Defaults that differ by task are None here and filled by the training function of the task, so each task
     # gets sizes that fit it (the VQA recipe is a model a sixteenth the size of the caption decoder).
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: captions 10, VQA 20)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: captions 10, VQA 20, SCST 5)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="batch size; VQA counts questions (default: captions 32, VQA 128)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: captions 1e-3, VQA 2e-3)")
+                   help="batch size; VQA counts questions, SCST images (each with --samples captions) (default: "
+                        "captions 32, VQA 128, SCST 16)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak Adam learning rate (default: captions 1e-3, VQA 2e-3, SCST 5e-5)")
     p.add_argument("--patience", type=int, default=None,
                    help="caption training: stop after this many epochs without validation gain (default 3)")
     p.add_argument("--lr-decay", type=float, default=None,
@@ -153,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="captions: drop caption words seen fewer times (default: 5, Karpathy's recipe for COCO and "
                         "Flickr, when the training split has at least 10,000 captions; 1 on smaller data, where 5 "
                         "would drop most words)")
-    p.add_argument("--max-length", type=int, default=24, help="captions: longest caption in words (+ <eos>)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="captions: longest caption in words (+ <eos>) (default 24; SCST: the --init model's)")
     p.add_argument("--cache-features", dest="cache_features", action="store_true", default=None,
                    help="captions: extract grids once and train the decoder only (default for frozen pretrained CNNs)")
     p.add_argument("--no-cache-features", dest="cache_features", action="store_false",
@@ -167,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-embeddings", default=None, choices=["random", "glove"],
                    help="captions: start the word embedding at random or from GloVe 6B 50d (words GloVe lacks start "
                         "random; a projection when --embed is not 50; the [glove] extra) (default random)")
+    p.add_argument("--schedule", choices=["none", "cosine", "step"], default=None,
+                   help="caption training: learning-rate decay over the run after --warmup (default none: constant)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="caption training: epochs of linear learning-rate warmup, fractions allowed (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=None, help="caption training: label smoothing (default 0)")
+    p.add_argument("--clipnorm", type=float, default=None,
+                   help="caption training: clip the global gradient norm to this (0 = off; default 5)")
+    p.add_argument("--monitor", choices=["loss", "cider"], default=None,
+                   help="caption training: keep the epoch with the best validation loss or validation CIDEr-D of "
+                        "greedy captions, and stop early on it (default loss)")
+    p.add_argument("--scst", action="store_true",
+                   help="self-critical training (CIDEr-D reward) of the caption model given by --init; writes --out")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR", help="SCST: the XE-trained caption model to start from")
+    p.add_argument("--samples", type=int, default=5, help="SCST: captions sampled per image (default 5)")
+    p.add_argument("--temperature", type=float, default=1.0, help="SCST: sampling temperature (default 1.0)")
     p.add_argument("--hops", type=int, default=2, help="VQA: stacked attention hops")
     p.add_argument("--vqa-mode", choices=["attention", "blind", "mean"], default="attention",
                    help="VQA: stacked attention, question only, or mean-pooled image")
@@ -201,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["caption", "vqa"], default="caption",
                    help="which bundled model when --model is omitted")
     p.add_argument("--beam", type=_positive_int, default=3, help="beam width fixed in the exported graph")
+    add_search_flags(p, fixed=True)
 
     p = _parser(sub, "serve", help="web page and HTTP API (TF Serving's REST format) for captions and answers",
                 description="Serves a web page at / (drop an image: caption, per-word attention, questions) "
@@ -268,6 +290,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_search_flags(p, fixed: bool = False) -> None:
+    """--length-penalty, --min-length, --block-repeats, --num-captions (caption and export share them)."""
+    where = " (fixed in the exported graph)" if fixed else ""
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="rank captions by sum log p / length ** this: 0 = raw sum (short captions win), 1 = mean "
+                        f"log p per word{where} (default 1.0)")
+    p.add_argument("--min-length", type=int, default=0, help=f"no <eos> before this many words{where} (default 0)")
+    p.add_argument("--block-repeats", type=int, default=0, metavar="N",
+                   help="never repeat an N-word sequence: 3 = trigram blocking, 1 = no word twice, 0 = off"
+                        f"{where} (default 0)")
+    p.add_argument("--num-captions", type=int, default=1,
+                   help=f"return the N best captions per image (needs --beam >= N){where} (default 1)")
+
+
+def check_search_flags(a) -> dict:
+    """The search flags as keyword arguments, after checking them (one-line errors)."""
+    if a.beam < 1:
+        raise UserError("--beam must be >= 1")
+    if a.min_length < 0 or a.block_repeats < 0:
+        raise UserError("--min-length and --block-repeats must be >= 0")
+    if not 1 <= a.num_captions <= a.beam:
+        raise UserError(f"--num-captions must be between 1 and --beam ({a.beam}); raise --beam for more captions")
+    if getattr(a, "max_length", None) is not None and a.min_length >= a.max_length:
+        raise UserError("--min-length must be smaller than --max-length")
+    return {"length_penalty": a.length_penalty, "min_length": a.min_length, "block_repeats": a.block_repeats,
+            "num_captions": a.num_captions}
+
+
 def _attention_png_names(images) -> list[str]:
     """One PNG name per image: `STEM.attention.png`, or `STEM-N.attention.png` for the second and later images
     whose stem is taken (a/x.jpg and b/x.jpg, or x.jpg and x.png), so no picture overwrites another."""
@@ -324,10 +374,11 @@ def _domain_warning(model, result, name: str, task: str) -> None:
 
 def cmd_caption(a) -> int:
     out_dir = _attention_dir(a.attention_out) if a.attention_out else None
+    search = check_search_flags(a)
     from captioner.api import Captioner
     model = Captioner.load(a.model)
     results = model.caption(list(a.images), beam=a.beam, max_length=a.max_length, errors="return",
-                            max_pixels=a.max_pixels)
+                            max_pixels=a.max_pixels, **search)
     failures, rows = 0, []
     for r, png_name in zip(results, _attention_png_names(a.images)):
         if r.error:
@@ -342,7 +393,8 @@ def cmd_caption(a) -> int:
             row["attention_png"] = _write_attention_png(r, r.image, out_dir, png_name, a.max_pixels)
         rows.append(row)
         if not a.json:
-            print(f"{r.image}\t{r.caption}", flush=True)
+            for c in r.captions or [{"caption": r.caption}]:  # the n best with --num-captions, best first
+                print(f"{r.image}\t{c['caption']}", flush=True)
         _domain_warning(model, r, r.image, "caption")
     if a.json:
         print(json.dumps(rows))
@@ -393,6 +445,8 @@ def _check_train_flags(a, task: str) -> None:
 
 def cmd_train(a) -> int:
     from captioner.datasets import detect_task
+    if (a.scst or a.init) and not (a.scst and a.init):
+        raise UserError("self-critical training needs both --scst and --init MODEL_DIR (an XE-trained captioner)")
     task = a.task or detect_task(a.data)
     _check_train_flags(a, task)
     verbose = 0 if a.json else (1 if sys.stdout.isatty() else 2)
@@ -409,6 +463,8 @@ def cmd_train(a) -> int:
     given = lambda *pairs: {k: v for k, v in pairs if v is not None}  # noqa: E731
     common.update(given(("epochs", a.epochs), ("batch_size", a.batch_size), ("lr", a.lr), ("embed", a.embed),
                         ("units", a.units), ("dropout", a.dropout), ("attention_dim", a.attention_dim)))
+    if a.scst:
+        return _train_scst(a, task, verbose, given)
     if task == "vqa":
         from captioner.vqa import train_vqa
         summary = train_vqa(a.data, a.out, annotations=a.annotations, hops=a.hops, mode=a.vqa_mode,
@@ -417,10 +473,13 @@ def cmd_train(a) -> int:
         from captioner.training import train_captioner
         summary = train_captioner(a.data, a.out, attention=not a.no_attention, alpha_c=a.alpha_c,
                                   scheduled_sampling=a.scheduled_sampling, min_count=a.min_count,
-                                  max_length=a.max_length, cache_features=a.cache_features, cache_dir=a.cache_dir,
+                                  cache_features=a.cache_features, cache_dir=a.cache_dir,
                                   init_from_lm=a.init_from_lm, mixed_precision=a.mixed_precision, jit=a.jit,
                                   distribute=a.distribute, init_embeddings=a.init_embeddings or "random",
-                                  **given(("patience", a.patience), ("lr_decay", a.lr_decay), ("cell", a.cell)),
+                                  **given(("patience", a.patience), ("lr_decay", a.lr_decay), ("cell", a.cell),
+                                          ("max_length", a.max_length), ("schedule", a.schedule),
+                                          ("warmup", a.warmup), ("label_smoothing", a.label_smoothing),
+                                          ("clipnorm", a.clipnorm), ("monitor", a.monitor)),
                                   **common)
     print(json.dumps(summary) if a.json else f"wrote {a.out} ({task} model, {summary.get('train_seconds')} s)")
     return 0
@@ -431,6 +490,21 @@ def _is_scenes_data(data: str) -> bool:
     path = os.path.abspath(data)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     return os.path.isfile(os.path.join(folder, "dataset_scenes.json"))
+
+
+def _train_scst(a, task, verbose, given) -> int:
+    """`captioner train DATA --scst --init XE_DIR --out DIR`: the SCST flags only (captioner.scst)."""
+    if task == "vqa":
+        raise UserError("--scst trains caption models, but the data has questions (VQA)")
+    from captioner.scst import train_scst
+    summary = train_scst(a.data, a.init, a.out, image_root=a.image_root, samples=a.samples,
+                         temperature=a.temperature, max_length=a.max_length, train_split=a.split_train,
+                         val_split=a.split_val, seed=a.seed, verbose=verbose, time_budget=a.time_budget,
+                         patience=a.patience or 3, clipnorm=5.0 if a.clipnorm is None else a.clipnorm,
+                         **given(("epochs", a.epochs), ("batch_size", a.batch_size), ("lr", a.lr)))
+    print(json.dumps(summary) if a.json else f"wrote {a.out} (SCST from {a.init}, {summary['train_seconds']} s, "
+                                              f"best epoch {summary['best_epoch']})")
+    return 0
 
 
 def cmd_evaluate(a) -> int:
@@ -512,7 +586,7 @@ def cmd_export(a) -> int:
     if loaded.task == "vqa":
         export.export_vqa(a.out_dir, loaded.directory)
     else:
-        export.export_captioner(a.out_dir, loaded.directory, beam_width=a.beam)
+        export.export_captioner(a.out_dir, loaded.directory, beam_width=a.beam, **check_search_flags(a))
     print(f"wrote SavedModel {a.out_dir} ({loaded.task}; signature serving_default)")
     return 0
 

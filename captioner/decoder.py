@@ -23,6 +23,7 @@ from keras import layers, ops
 from captioner.attention import SoftAttention, doubly_stochastic_penalty
 from lm.recurrent import RecurrentStack, state_count
 from lm.sampling import beam_search, greedy_search, sample_search
+from lm.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -39,8 +40,8 @@ class CaptionDecoder(keras.Model):
         dropout: dropout on embeddings and on the deep output.
         attention: False gives the Show and Tell baseline (no attention).
         alpha_c: weight of the doubly stochastic attention regulariser (0 = off).
-        scheduled_sampling: probability of feeding the model's own previous prediction instead of the true word
-            while training (Bengio et al., 2015); 0 = plain teacher forcing.
+        scheduled_sampling: probability of feeding a word sampled from the model's own previous prediction (never
+            a special token) instead of the true word while training (Bengio et al., 2015); 0 = teacher forcing.
 
     Example:
         >>> decoder = CaptionDecoder(vocab_size=50, feature_dim=32, units=64)
@@ -70,6 +71,9 @@ class CaptionDecoder(keras.Model):
         else:
             self.image_embedding = layers.Dense(self.embed_dim, name="image_embedding")
         self._sampling_seed = keras.random.SeedGenerator(0)
+        no_specials = np.zeros((self.vocab_size,), "float32")
+        no_specials[[PAD_ID, UNK_ID, BOS_ID, EOS_ID]] = -1e9  # scheduled sampling feeds words only
+        self._no_specials = no_specials
 
     def build(self, input_shape):
         features_shape, tokens_shape = input_shape
@@ -134,9 +138,14 @@ class CaptionDecoder(keras.Model):
         for t in range(tokens.shape[1]):
             word = embedded[:, t]
             if use_own and t > 0:
-                previous = ops.cast(ops.argmax(self.head(deeps[-1]), axis=-1), "int32")  # (batch,)
+                # A word *sampled* from the model's previous prediction (not its argmax), never a special token.
+                logits = ops.cast(self.head(deeps[-1]), "float32") + self._no_specials  # (batch, vocab)
+                previous = ops.cast(ops.squeeze(keras.random.categorical(logits, 1, seed=self._sampling_seed), -1),
+                                    "int32")  # (batch,)
                 coin = keras.random.uniform((ops.shape(tokens)[0], 1), seed=self._sampling_seed)
-                word = ops.where(coin < self.scheduled_sampling, self.embedding(previous), word)
+                feed = ops.logical_and(coin < self.scheduled_sampling,
+                                       ops.expand_dims(ops.not_equal(tokens[:, t], PAD_ID), -1))  # (batch, 1)
+                word = ops.where(feed, self.embedding(previous), word)
             deep, states, alpha = self._attend_step(word, states, features, keys, training)
             deeps.append(deep)
             alphas.append(alpha)
@@ -211,7 +220,7 @@ class CaptionDecoder(keras.Model):
     def _step_fn(self):
         n = state_count(self.cell_type)
         banned = np.zeros((self.vocab_size,), "float32")
-        banned[[0, 2]] = -1e9
+        banned[[PAD_ID, BOS_ID]] = -1e9
         banned = ops.convert_to_tensor(banned)
 
         def step(tokens, flat_states, static):
@@ -232,10 +241,13 @@ class CaptionDecoder(keras.Model):
         return step
 
     def generate(self, features, beam_width=1, max_length=20, method=None, temperature=1.0, length_penalty=1.0,
-                 seed=None, start_id=2, end_id=3, early_exit=True):
+                 seed=None, start_id=BOS_ID, end_id=EOS_ID, early_exit=True, min_length=0, block_repeats=0,
+                 num_captions=1):
         """Captions for a batch of grids -> (words (batch, max_length), scores (batch,), alphas (batch, T, pixels)).
 
         method: "beam" (default when beam_width > 1), "greedy" (default for width 1) or "sample".
+        min_length, block_repeats, num_captions: see lm.sampling.beam_search (num_captions > 1: beam only, and
+        the outputs get an axis of num_captions after the batch).
         """
         method = method or ("beam" if beam_width > 1 else "greedy")
         batch = features.shape[0] if features.shape[0] is not None else ops.shape(features)[0]
@@ -244,9 +256,13 @@ class CaptionDecoder(keras.Model):
         step = self._step_fn()
         if method == "beam":
             return beam_search(step, states, static, batch, beam_width, max_length, start_id, end_id,
-                               length_penalty, early_exit=early_exit)
+                               length_penalty, early_exit=early_exit, min_length=min_length,
+                               block_repeats=block_repeats, num_captions=num_captions)
+        if num_captions != 1:
+            raise ValueError("num_captions > 1 needs beam search (beam_width >= num_captions)")
         if method == "greedy":
-            return greedy_search(step, states, static, batch, max_length, start_id, end_id, early_exit=early_exit)
+            return greedy_search(step, states, static, batch, max_length, start_id, end_id, early_exit=early_exit,
+                                 length_penalty=length_penalty, min_length=min_length, block_repeats=block_repeats)
         if method == "sample":
             return sample_search(step, states, static, batch, max_length, start_id, end_id, temperature, seed)
         raise ValueError(f"unknown search method {method!r}")

@@ -448,7 +448,8 @@ def decode_and_resize_graph(images, size, policy: str = "stretch", max_pixels: i
 
 
 def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: int | None = None,
-                     length_penalty: float = 1.0, chunk_size: int = CHUNK_SIZE) -> str:
+                     length_penalty: float = 1.0, chunk_size: int = CHUNK_SIZE, min_length: int = 0,
+                     block_repeats: int = 0, num_captions: int = 1) -> str:
     """Writes a SavedModel: image bytes -> captions, scores, attention (see the module docstring).
 
     Runs in a TensorFlow-backend subprocess when Keras runs on another backend (weights come from the folder's
@@ -461,8 +462,10 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
         beam_width: beam width of the search inside the graph (1 = greedy).
         max_length: longest caption in steps (words + `<eos>`); default the folder's config "max_length", else 20
             (what caption_files uses).
-        length_penalty: as in captioner.model.caption_files.
+        length_penalty, min_length, block_repeats: as in captioner.model.caption_files.
         chunk_size: images searched together (beam search needs a static batch inside the graph).
+        num_captions: n > 1 adds outputs `all_captions` tf.string [batch, n] and `all_scores` float32 [batch, n],
+            the n best captions best first (caption_files' "captions"); `captions` etc. stay the best one's.
 
     Returns:
         out_dir as an absolute path.
@@ -473,9 +476,12 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
     """
     if int(beam_width) < 1 or (max_length is not None and int(max_length) < 1) or int(chunk_size) < 1:
         raise UserError("need beam_width >= 1, max_length >= 1 and chunk_size >= 1")
+    if not 1 <= int(num_captions) <= int(beam_width) or int(min_length) < 0 or int(block_repeats) < 0:
+        raise UserError("need 1 <= num_captions <= beam_width, min_length >= 0 and block_repeats >= 0")
+    search_flags = dict(min_length=int(min_length), block_repeats=int(block_repeats), num_captions=int(num_captions))
     kwargs = dict(out_dir=os.fspath(out_dir), model_dir=None if model_dir is None else os.fspath(model_dir),
                   beam_width=int(beam_width), max_length=None if max_length is None else int(max_length),
-                  length_penalty=float(length_penalty), chunk_size=int(chunk_size))
+                  length_penalty=float(length_penalty), chunk_size=int(chunk_size), **search_flags)
     if run_with_tensorflow_backend(__name__, "export_captioner", kwargs):
         return os.path.abspath(os.fspath(out_dir))
     tf = _tf()
@@ -491,11 +497,15 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
     from captioner.domain import load_domain
     domain = load_domain(loaded.directory)
 
-    def search(pixels):  # (chunk, h, w, 3) uint8 -> words (chunk, T), scores (chunk,), alphas (chunk, T, pixels)
+    n_best = int(num_captions)
+
+    def search(pixels):  # (chunk, h, w, 3) uint8 -> words (chunk, n, T), scores (chunk, n), alphas (chunk, T, pixels)
         words, scores, alphas = model.generate(tf.cast(pixels, tf.float32), beam_width=int(beam_width),
                                                max_length=steps, length_penalty=float(length_penalty),
-                                               early_exit=False)
-        return tf.cast(words, tf.int32), tf.cast(scores, tf.float32), tf.cast(alphas, tf.float32)
+                                               early_exit=False, **search_flags)
+        if n_best == 1:
+            words, scores, alphas = words[:, None], scores[:, None], alphas[:, None]
+        return tf.cast(words, tf.int32), tf.cast(scores, tf.float32), tf.cast(alphas[:, 0], tf.float32)
 
     def serve(images):
         pixels, status, errors = decode_and_resize_graph(images, (height, width), policy)
@@ -503,12 +513,13 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
         padded = (n + chunk - 1) // chunk * chunk
         pixels = tf.concat([pixels, tf.zeros(tf.stack([padded - n, height, width, 3]), tf.uint8)], 0)
         chunks = tf.reshape(pixels, [-1, chunk, height, width, 3])  # (chunks, chunk, h, w, 3)
-        words, scores, alphas = tf.map_fn(
-            search, chunks, fn_output_signature=(tf.TensorSpec([chunk, steps], tf.int32),
-                                                 tf.TensorSpec([chunk], tf.float32),
+        all_words, all_scores, alphas = tf.map_fn(
+            search, chunks, fn_output_signature=(tf.TensorSpec([chunk, n_best, steps], tf.int32),
+                                                 tf.TensorSpec([chunk, n_best], tf.float32),
                                                  tf.TensorSpec([chunk, steps, grid_h * grid_w], tf.float32)))
-        words = tf.reshape(words, [-1, steps])[:n]  # (n, T)
-        scores = tf.reshape(scores, [-1])[:n]  # (n,)
+        all_words = tf.reshape(all_words, [-1, n_best, steps])[:n]  # (n, n_best, T)
+        all_scores = tf.reshape(all_scores, [-1, n_best])[:n]  # (n, n_best)
+        words, scores = all_words[:, 0], all_scores[:, 0]  # the best: (n, T), (n,)
         alphas = tf.reshape(alphas, [-1, steps, grid_h, grid_w])[:n]  # (n, T, h', w')
         captions, lengths, _ = ids_to_text_graph(words, tokens)
         ok = tf.equal(status, _OK)
@@ -520,7 +531,7 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
         kept = ((t < end) & tf.not_equal(words, 0) & tf.not_equal(words, 2)) | tf.equal(t, end)  # (n, T)
         kept = kept & ok[:, None]
         alphas = tf.ragged.boolean_mask(alphas, kept).to_tensor(shape=[None, steps, grid_h, grid_w])
-        out = {
+        outputs = {
             "captions": tf.where(ok, captions, tf.constant("")),
             "scores": tf.where(ok, scores, tf.fill(tf.shape(scores), float("-inf"))),
             "attention": alphas,
@@ -532,16 +543,21 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
             extra = tf.concat([pixels[:n], tf.zeros([1, height, width, 3], tf.uint8)], 0)
             grid = tf.cast(model.encode(tf.cast(extra, tf.float32)), tf.float32)
             score = _domain_graph(tf, domain, extra, grid)[:n]
-            out["domain_scores"] = tf.where(ok, score, tf.fill(tf.shape(score), float("nan")))
-            out["out_of_domain"] = ok & (score > 1.0)
-        return out
+            outputs["domain_scores"] = tf.where(ok, score, tf.fill(tf.shape(score), float("nan")))
+            outputs["out_of_domain"] = ok & (score > 1.0)
+        if n_best > 1:
+            texts, _, _ = ids_to_text_graph(tf.reshape(all_words, [-1, steps]), tokens)
+            texts = tf.reshape(texts, [-1, n_best])  # (n, n_best)
+            outputs["all_captions"] = tf.where(ok[:, None], texts, tf.constant(""))
+            outputs["all_scores"] = tf.where(ok[:, None], all_scores, tf.fill(tf.shape(all_scores), float("-inf")))
+        return outputs
 
     module = tf.Module()
     module.model_variables = list(model.variables)
     module.serve = tf.function(serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")],
                                autograph=False)
     info = {"task": "caption", "image_size": [height, width], "resize_policy": policy,
-            "beam_width": int(beam_width), "max_length": steps, "length_penalty": float(length_penalty),
+            "beam_width": int(beam_width), "max_length": steps, "length_penalty": float(length_penalty), **search_flags,
             "grid": [grid_h, grid_w], "backbone": model.backbone_name}
     return _without_local_paths(save_module(module, module.serve, out_dir, info, _folder_files(loaded.directory)))
 

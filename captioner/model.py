@@ -94,9 +94,14 @@ def build_captioner(config: dict) -> ImageCaptioner:
 
 # ---- captioning files ----------------------------------------------------------------------------------------------
 def caption_files(loaded: LoadedCaptioner, sources, beam_width: int = 3, max_length: int | None = None,
-                  batch_size: int = 16, length_penalty: float = 1.0) -> list[dict]:
+                  batch_size: int = 16, length_penalty: float = 1.0, min_length: int = 0, block_repeats: int = 0,
+                  num_captions: int = 1) -> list[dict]:
     """Captions images given as paths or bytes. Returns one dict per image: `image`, `caption`, `score`, `words`,
-    `attention` (len(words), h', w') -- or `image` and `error` for one that cannot be read."""
+    `attention` (len(words), h', w') -- or `image` and `error` for one that cannot be read. With num_captions
+    n > 1 (beam search, n <= beam_width) each also has `captions`: the n best as [{"caption", "score"}], best first
+    (the first is `caption`). min_length, block_repeats: see lm.sampling.beam_search."""
+    if not 1 <= int(num_captions) <= max(1, int(beam_width)):
+        raise UserError(f"--num-captions must be between 1 and the beam width ({beam_width})")
     from captioner.images import load_images
     max_length = int(max_length or loaded.config.get("max_length", 20))
     results = []
@@ -105,9 +110,13 @@ def caption_files(loaded: LoadedCaptioner, sources, beam_width: int = 3, max_len
         chunk = list(sources[start: start + batch_size])
         images, errors = load_images(chunk, loaded.image_size, loaded.resize_policy)
         words, scores, alphas = loaded.model.generate(images, beam_width=beam_width, max_length=max_length,
-                                                      length_penalty=length_penalty)
+                                                      length_penalty=length_penalty, min_length=min_length,
+                                                      block_repeats=block_repeats, num_captions=num_captions)
         # convert_to_numpy, not np.asarray: on PyTorch the outputs carry autograd history (requires_grad)
         words, scores, alphas = (ops.convert_to_numpy(x) for x in (words, scores, alphas))
+        all_words, all_scores = words, scores
+        if num_captions > 1:  # (batch, n, ...): the best first
+            words, scores, alphas = words[:, 0], scores[:, 0], alphas[:, 0]
         for i, source in enumerate(chunk):
             name = source if isinstance(source, str) else f"<bytes {start + i}>"
             if errors[i]:
@@ -123,4 +132,7 @@ def caption_files(loaded: LoadedCaptioner, sources, beam_width: int = 3, max_len
             attention = alphas[i, rows].reshape(len(rows), grid_h, grid_w)
             results.append({"image": name, "caption": " ".join(tokens), "score": float(scores[i]),
                             "words": tokens, "attention": attention})
+            if num_captions > 1:
+                results[-1]["captions"] = [{"caption": loaded.vocab.decode_text(all_words[i, j]),
+                                            "score": float(all_scores[i, j])} for j in range(num_captions)]
     return results

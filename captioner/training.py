@@ -114,12 +114,17 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                     max_length=24, cache_features=None, cache_dir=None, init_from_lm=None, train_split="train",
                     val_split="val", seed=0, verbose=1, time_budget=None, max_images=None, steps_per_epoch=None,
                     patience=3, lr_decay=1.0, mixed_precision=False, jit="auto", distribute=False, resume=False,
-                    overwrite=False, init_embeddings="random") -> dict:
+                    overwrite=False, init_embeddings="random", schedule=None, warmup=0.0, label_smoothing=0.0,
+                    clipnorm=5.0, monitor="loss") -> dict:
     """Trains a captioner and writes a model folder. Returns a summary (losses per epoch, time, sizes).
     `min_count` None: 5 with at least MIN_COUNT_5_CAPTIONS training captions (Karpathy's recipe), else 1.
     A frozen pretrained backbone (the default for one) runs once per image into a feature cache under `cache_dir`
     (default captioner.features.default_cache_root()); epochs read it. End to end, batches decode their images.
     `lr_decay` > 1 divides the learning rate by it after every epoch without validation gain (1: constant).
+    `schedule` "cosine" / "step" decays the learning rate over the run (lm.schedules.WarmupDecay) after `warmup`
+    epochs of linear warmup (fractions allowed); `label_smoothing` smooths the targets; `clipnorm` clips the global
+    gradient norm (0 = off). `monitor` "loss" keeps the epoch with the best validation loss, "cider" the one with
+    the best validation CIDEr-D of greedy captions (captioner.cider), for the checkpoint and for early stopping.
     `mixed_precision` (bf16 compute), `jit` (jit_compile: "auto", True, False) and `distribute` (data parallel over
     all local devices) are lm.accel's. An `out_dir` that holds a model is refused unless `overwrite` (train anew)
     or `resume` (continue the killed run from its last finished epoch; lm.checkpoint.check_out_dir).
@@ -207,22 +212,33 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
 
     train_batches = batches(train, train_index, train_caps, True)
     val_batches = batches(val, val_index, val_caps, False) if val else None
+    steps = steps_per_epoch or len(train_batches)  # per epoch, for the learning-rate schedule
     if tf_workers:
         train_batches = worker_dataset(train_batches)
         val_batches = worker_dataset(val_batches) if val_batches is not None else None
     trainee = model.decoder if cache_features else model
-    trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
-                    jit_compile=jit_option(jit))
+    from captioner.xe import compile_for_xe, monitor_callbacks
+    compile_for_xe(trainee, lr, schedule, warmup, epochs, steps, label_smoothing, clipnorm, lr_decay,
+                   jit_option(jit))
     extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
-    checkpoint = BestEpoch(out_dir, lambda: model_files("caption", model, vocab, extra), monitor="val_loss",
+    by_cider = monitor == "cider"
+    checkpoint = BestEpoch(out_dir, lambda: model_files("caption", model, vocab, extra),
+                           monitor="val_cider" if by_cider else "val_loss", mode="max" if by_cider else "min",
                            patience=patience, lr_decay=lr_decay, time_budget=time_budget, start=start,
                            resume_model=model, resume_optimizer=trainee.optimizer, verbose=verbose)
+    # Validation CIDEr-D captions every validation image (not pair): its grids (cache) or pixels (end to end).
+    val_inputs = None
+    if by_cider and val:
+        val_paths = [e.image for e in val]
+        val_inputs = (_Rows(CachedGrids(cache), cache.rows(val_paths)) if cache is not None
+                      else _Rows(DecodedImages(val_paths, size, spec.policy), np.arange(len(val))))
+    callbacks = monitor_callbacks(checkpoint, monitor, model, vocab, val, val_inputs, cache_features, max_length,
+                                  train, verbose)
     done = checkpoint.resume() if resuming else 0
     timer = EpochTimer()
     if done < epochs and not checkpoint.stopped:
         trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, initial_epoch=done, verbose=verbose,
-                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), checkpoint, timer],
+                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), *callbacks, timer],
                     steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. a diverged run: keep the last epoch
         write_model_folder(out_dir, model_files("caption", model, vocab, extra))
@@ -233,7 +249,9 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
                         max_train=1000, max_heldout=300)
     history = checkpoint.history
     return {"train_seconds": round(time.perf_counter() - start, 1), "epochs": len(history),
-            "loss": [h.get("loss") for h in history], "val_loss": [h["val_loss"] for h in history] if val else None,
+            "loss": [h.get("loss") for h in history],
+            "val_loss": [h.get("val_loss") for h in history] if val and not by_cider else None,
+            "val_cider": [h.get("val_cider") for h in history] if by_cider else None,
             "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "min_count": min_count,
             "train_images": len(train),
             "train_pairs": len(train_caps), "cached_features": bool(cache_features),
@@ -255,12 +273,28 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(round(time.perf_counter() - self._start, 2))
 
 
+class _Rows:
+    """A rows source (streaming.CachedGrids / DecodedImages) seen as a sequence: view[a:b] reads rows[a:b]."""
+
+    def __init__(self, source, rows):
+        self.source, self.rows = source, np.asarray(rows, "int64")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.source.read(self.rows[index])
+
+
 def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
     """Starts the decoder's embedding and recurrent weights from a trained `lm` model folder.
 
     Words are mapped through both vocabularies (a caption word the LM lacks keeps its random embedding). The
-    decoder's cell input is [word embedding; context], so the LM kernel fills the word rows and the context rows stay
-    random. Any shape that differs is reported and left as it was, never silently skipped.
+    caption's `<bos>` row gets the LM's line-start token: `<eos>` for a stream-trained LM (its lines follow an
+    `<eos>`; its `<bos>` row never trained), `<bos>` for a sentence-trained one. The decoder's cell input is
+    [word embedding; context], so the LM kernel fills the word rows and the context rows stay random. The decoder
+    has one recurrent layer: the LM's layer 0 is copied and every further LM layer is named as not copied. Any
+    shape that differs is reported and left as it was, never silently skipped.
     """
     from lm.checkpoint import load_model_dir
     lm = load_model_dir(lm_dir)
@@ -274,11 +308,16 @@ def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
     if lm_emb.shape[1] != emb.shape[1]:
         lines.append(f"embedding: LM {lm_emb.shape[1]} vs decoder {emb.shape[1]} dims: not copied")
     else:
-        shared = [(i, lm.vocab.stoi[w]) for i, w in enumerate(vocab.itos) if w in lm.vocab.stoi]
+        from lm.vocab import BOS, EOS
+        line_start = EOS if lm.mode == "stream" else BOS
+        source_of = {w: w for w in vocab.itos if w in lm.vocab.stoi}
+        source_of[BOS] = line_start  # the caption's <bos> plays the LM's line start
+        shared = [(i, lm.vocab.stoi[source_of[w]]) for i, w in enumerate(vocab.itos) if w in source_of]
         for i, j in shared:
             emb[i] = lm_emb[j]
         decoder.embedding.embeddings.assign(emb)
-        lines.append(f"embedding: {len(shared)} of {len(vocab)} caption words copied from the LM")
+        lines.append(f"embedding: {len(shared)} of {len(vocab)} caption words copied from the LM "
+                     f"(<bos> from the LM's {line_start}, its {lm.mode} line start)")
     src_cell, dst_cell = source.stack.cells[0], decoder.stack.cells[0]
     for name in ("kernel", "recurrent_kernel", "bias"):
         a, b = getattr(src_cell, name), getattr(dst_cell, name)
@@ -293,4 +332,7 @@ def init_decoder_from_lm(decoder, vocab: Vocabulary, lm_dir) -> str:
             lines.append(f"kernel: copied the {a_val.shape[0]} word-input rows of {b_val.shape[0]}")
         else:
             lines.append(f"{name}: LM {a_val.shape} vs decoder {b_val.shape}: not copied")
+    lines[-3:] = ["layer 0 " + line for line in lines[-3:]]
+    for layer in range(1, len(source.stack.cells)):
+        lines.append(f"layer {layer}: not copied (the caption decoder has one recurrent layer)")
     return "init from LM: " + "; ".join(lines)

@@ -76,15 +76,68 @@ def _all_done(finished) -> bool:
         return False
 
 
-def beam_search(step_fn, states, static, batch_size, beam_width, max_length, start_id, end_id,
-                length_penalty=1.0, early_exit=True):
-    """Batched beam search.
+NEG = -1e9  # the score of an impossible hypothesis (a banned word, an empty pool slot)
 
-    Beams are ranked by their summed log probability while searching; the returned caption is the finished beam
-    with the best *length-normalised* score, `sum log p / length ** length_penalty`, where length counts the words
-    and the final `<eos>` (length_penalty 0 = raw sum, 1 = mean log probability per token). When no beam reaches
-    `<eos>` within `max_length`, the best unfinished beam is returned, normalised the same way with length
-    `max_length`. Width 1 is exactly greedy decoding.
+
+def repeat_mask(history, n: int, vocab: int):
+    """Words that would repeat an n-gram: history, a list of t tensors (..., ) of ids (the hypothesis so far) ->
+    bool (..., vocab), True for word w when (last n - 1 words, w) already occurs in the history; None when the
+    history is too short to hold a whole n-gram. n = 1 bans every word used so far."""
+    t, n = len(history), int(n)
+    m = t - n + 1  # n-grams in the history (start positions 0..m-1)
+    if n <= 0 or m <= 0:
+        return None
+    words = ops.stack(history, axis=-1)  # (..., t)
+    match = None
+    for i in range(n - 1):  # the n-gram's i-th word equals the i-th of the last n - 1 words
+        same = ops.equal(words[..., i: i + m], words[..., t - n + 1 + i: t - n + 2 + i])  # (..., m)
+        match = same if match is None else ops.logical_and(match, same)
+    hits = ops.one_hot(words[..., n - 1: n - 1 + m], vocab)  # (..., m, vocab): the word each n-gram ends with
+    if match is not None:
+        hits = hits * ops.expand_dims(ops.cast(match, hits.dtype), -1)
+    return ops.max(hits, axis=-2) > 0  # (..., vocab)
+
+
+def _constrain(log_probs, history, step, end_id, min_length, block_repeats):
+    """log_probs (..., vocab) with <eos> banned before `min_length` words and repeated n-grams banned."""
+    vocab = log_probs.shape[-1]
+    is_end = ops.arange(vocab) == end_id  # (vocab,)
+    if step < int(min_length):
+        log_probs = ops.where(is_end, NEG, log_probs)
+    if block_repeats:
+        banned = repeat_mask(history, block_repeats, vocab)
+        if banned is not None:  # <eos> is never a repeat
+            log_probs = ops.where(ops.logical_and(banned, ops.logical_not(is_end)), NEG, log_probs)
+    return log_probs
+
+
+def _pad_steps(x, length, value, axis=2):
+    """x (..., t, ...) padded along `axis` with `value` to `length` steps."""
+    missing = int(length) - x.shape[axis]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = missing
+    return ops.concatenate([x, ops.full(tuple(shape), value, dtype=x.dtype)], axis=axis)
+
+
+def beam_search(step_fn, states, static, batch_size, beam_width, max_length, start_id, end_id,
+                length_penalty=1.0, early_exit=True, min_length=0, block_repeats=0, num_captions=1):
+    """Batched beam search with a pool of finished hypotheses, ranked by the length-normalised score.
+
+    The normalised score of a hypothesis is `sum log p / length ** length_penalty`, where length counts the words
+    and the final `<eos>` (length_penalty 0 = raw sum, 1 = mean log probability per token). At every step the k
+    live hypotheses are extended by every word: the `<eos>` extensions that rank among the k best extensions of
+    their row go to a pool of finished hypotheses (the best k by normalised score are kept), and the k best
+    extensions by another word stay live. So a finished
+    hypothesis never takes a live slot, and a longer one is not pruned for ending later. Search stops at
+    `max_length` or, in eager mode, as soon as no live hypothesis can still beat the worst pooled one (with
+    length_penalty >= 0 and log p <= 0, the best a live one can reach is its sum now / max_length ** penalty).
+    When nothing finishes within `max_length`, the best unfinished hypotheses fill in, normalised with length
+    `max_length`.
+
+    Width 1 is greedy decoding (`greedy_search`): one hypothesis, the most likely word at every step, `<eos>`
+    included, so a pool would have nothing to choose from.
 
     Args:
         step_fn: see the module comment.
@@ -92,73 +145,103 @@ def beam_search(step_fn, states, static, batch_size, beam_width, max_length, sta
         static: list of (batch, ...) tensors every step needs (e.g. image features).
         batch_size, beam_width, max_length: static ints.
         start_id, end_id: `<bos>` and `<eos>` ids.
+        min_length: `<eos>` is not allowed before this many words.
+        block_repeats: n > 0 never repeats an n-gram of n words (3 = trigram blocking; 1 = no word twice).
+        num_captions: how many captions to return per row (<= beam_width), best first.
     Returns:
         tokens (batch, max_length) int32 (after `<eos>` only `<eos>`), scores (batch,) float32,
-        extras (batch, max_length, pixels) float32 (per-step attention) or None.
+        extras (batch, max_length, pixels) float32 (per-step attention) or None. With num_captions n > 1 each
+        gets an axis of n after the batch: (batch, n, max_length), (batch, n), (batch, n, max_length, pixels).
     """
-    b, k = int(batch_size), int(beam_width)
+    b, k, steps, n = int(batch_size), int(beam_width), int(max_length), int(num_captions)
+    if not 1 <= n <= k:
+        raise ValueError(f"num_captions must be between 1 and the beam width {k} (got {n})")
+    if k == 1:
+        return greedy_search(step_fn, states, static, b, steps, start_id, end_id, early_exit=early_exit,
+                             length_penalty=length_penalty, min_length=min_length, block_repeats=block_repeats)
+    penalty = float(length_penalty)
     states = [ops.repeat(s, k, axis=0) for s in states]  # (b * k, ...)
     static = [ops.repeat(s, k, axis=0) for s in static]
     tokens = ops.full((b * k,), start_id, dtype="int32")
     # Only beam 0 is alive at the start, so the first expansion does not pick k copies of the same word.
-    scores = ops.concatenate([ops.zeros((b, 1)), ops.full((b, k - 1), -1e9)], axis=1)  # (b, k)
-    finished = ops.zeros((b, k), dtype="bool")
-    lengths = ops.zeros((b, k))
-    history, extras = [], []
-    for _ in range(int(max_length)):
+    live = ops.concatenate([ops.zeros((b, 1)), ops.full((b, k - 1), NEG)], axis=1)  # (b, k) summed log p
+    history, attention = [], []  # per step: (b, k) words, (b, k, pixels) attention of the live hypotheses
+    pool_score = ops.full((b, k), NEG)  # (b, k) normalised scores of the finished pool, best first
+    pool_words = ops.full((b, k, steps), end_id, dtype="int32")  # (b, k, max_length)
+    pool_attention = None  # (b, k, max_length, pixels) once the step function gives attention
+    for t in range(steps):
         log_probs, states, extra = step_fn(tokens, states, static)
         vocab = log_probs.shape[-1]
-        log_probs = _rows(ops.cast(log_probs, "float32"), b, k)  # (b, k, vocab)
-        # A finished beam can only be extended by <eos>, at no cost, so its score stays as it was.
-        eos_only = ops.where(ops.arange(vocab) == end_id, 0.0, -1e9)  # (vocab,)
-        log_probs = ops.where(ops.expand_dims(finished, -1), eos_only, log_probs)
-        candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (b, k * vocab))
-        scores, flat_index = ops.top_k(candidates, k)  # (b, k)
+        log_probs = _constrain(_rows(ops.cast(log_probs, "float32"), b, k), history, t, end_id, min_length,
+                               block_repeats)  # (b, k, vocab)
+        total = ops.expand_dims(live, -1) + log_probs  # (b, k, vocab)
+        if extra is not None:
+            extra = _rows(ops.cast(extra, "float32"), b, k)  # (b, k, pixels)
+            if pool_attention is None:
+                pool_attention = ops.zeros((b, k, steps, extra.shape[-1]))
+
+        # 1. A live hypothesis + <eos> is a finished candidate when it ranks among the row's k best extensions (as
+        # plain beam search would keep it; an ending the model finds unlikely is no candidate). The pool keeps the
+        # k best candidates by normalised score.
+        kth = ops.top_k(ops.reshape(total, (b, k * vocab)), k)[0][:, -1:]  # (b, 1)
+        ended = total[:, :, end_id]  # (b, k)
+        ended = ops.where(ops.logical_and(ended > NEG / 2, ended >= kth), ended / float(t + 1) ** penalty, NEG)
+        words_so_far = ops.stack(history + [ops.full((b, k), end_id, dtype="int32")], axis=2)  # (b, k, t + 1)
+        merged_score = ops.concatenate([pool_score, ended], axis=1)  # (b, 2k)
+        pool_score, keep = ops.top_k(merged_score, k)  # (b, k)
+        pool_words = _gather_beams(ops.concatenate([pool_words, _pad_steps(words_so_far, steps, end_id)], 1), keep)
+        if extra is not None:
+            att_so_far = ops.stack(attention + [extra], axis=2)  # (b, k, t + 1, pixels)
+            pool_attention = _gather_beams(ops.concatenate([pool_attention, _pad_steps(att_so_far, steps, 0.0)], 1),
+                                           keep)
+
+        # 2. The k best extensions by a word stay live.
+        total = ops.where(ops.arange(vocab) == end_id, NEG, total)
+        live, flat_index = ops.top_k(ops.reshape(total, (b, k * vocab)), k)  # (b, k)
         beam_index = flat_index // vocab
         word = ops.cast(flat_index % vocab, "int32")
-        was_finished = _gather_beams(finished, beam_index)
-        lengths = _gather_beams(lengths, beam_index) + ops.cast(ops.logical_not(was_finished), "float32")
-        finished = ops.logical_or(was_finished, word == end_id)
         history = [_gather_beams(h, beam_index) for h in history] + [word]
         if extra is not None:
-            extra = _rows(ops.cast(extra, "float32"), b, k)
-            extras = [_gather_beams(e, beam_index) for e in extras] + [_gather_beams(extra, beam_index)]
+            attention = [_gather_beams(a, beam_index) for a in attention + [extra]]
         states = [ops.reshape(_gather_beams(_rows(s, b, k), beam_index), (b * k,) + tuple(s.shape[1:]))
                   for s in states]
         tokens = ops.reshape(word, (b * k,))
-        if early_exit and _all_done(finished):
-            break
-    steps = len(history)
-    normalised = scores / ops.power(ops.maximum(lengths, 1.0), float(length_penalty))
-    any_finished = ops.any(finished, axis=1, keepdims=True)  # (b, 1)
-    eligible = ops.logical_or(finished, ops.logical_not(any_finished))
-    best = ops.argmax(ops.where(eligible, normalised, -1e30), axis=1)  # (b,)
-    best_index = ops.expand_dims(best, 1)
-    words = ops.stack(history, axis=2)  # (b, k, steps)
-    words = ops.squeeze(_gather_beams(words, best_index), 1)  # (b, steps)
-    score = ops.squeeze(ops.take_along_axis(normalised, best_index, axis=1), 1)
-    attention = None
-    if extras:
-        attention = ops.squeeze(_gather_beams(ops.stack(extras, axis=2), best_index), 1)  # (b, steps, pixels)
-    if steps < max_length:  # early exit: pad to the promised length
-        pad = int(max_length) - steps
-        words = ops.concatenate([words, ops.full((b, pad), end_id, dtype="int32")], axis=1)
-        if attention is not None:
-            attention = ops.concatenate([attention, ops.zeros((b, pad, attention.shape[-1]))], axis=1)
-    return words, score, attention
+        if early_exit and penalty >= 0 and t + 1 < steps:
+            # The best a live hypothesis can still reach vs the worst pooled one, for every row.
+            reachable = ops.max(live, axis=1) / float(steps) ** penalty  # (b,)
+            if _all_done(pool_score[:, -1] > ops.maximum(reachable, NEG / 2)):
+                break
+
+    # Unfinished hypotheses (normalised with length max_length) only fill pool slots nothing finished took.
+    unfinished = live / float(steps) ** penalty  # (b, k)
+    live_words = _pad_steps(ops.stack(history, axis=2), steps, end_id)  # (b, k, max_length)
+    rank = ops.concatenate([pool_score, ops.where(live > NEG / 2, unfinished - 1e6, 2 * NEG)], axis=1)  # (b, 2k)
+    _, best = ops.top_k(rank, n)  # (b, n)
+    score = ops.take_along_axis(ops.concatenate([pool_score, unfinished], axis=1), best, axis=1)  # (b, n)
+    words = _gather_beams(ops.concatenate([pool_words, live_words], axis=1), best)  # (b, n, max_length)
+    att = None
+    if pool_attention is not None:
+        live_att = _pad_steps(ops.stack(attention, axis=2), steps, 0.0)  # (b, k, max_length, pixels)
+        att = _gather_beams(ops.concatenate([pool_attention, live_att], axis=1), best)  # (b, n, max_length, pixels)
+    if n == 1:
+        words, score = words[:, 0], score[:, 0]
+        att = None if att is None else att[:, 0]
+    return words, score, att
 
 
-def greedy_search(step_fn, states, static, batch_size, max_length, start_id, end_id, early_exit=True):
-    """Picks the most likely word at every step. Same outputs as `beam_search`; the score is the mean log
-    probability per token (length_penalty 1), counting `<eos>`."""
+def greedy_search(step_fn, states, static, batch_size, max_length, start_id, end_id, early_exit=True,
+                  length_penalty=1.0, min_length=0, block_repeats=0):
+    """Picks the most likely word at every step. Same outputs as `beam_search`; the score is
+    `sum log p / length ** length_penalty` (default: the mean log probability per token), counting `<eos>`.
+    `min_length` and `block_repeats` constrain the choice as in `beam_search`."""
     tokens = ops.full((batch_size,), start_id, dtype="int32")
     total = ops.zeros((batch_size,))
     lengths = ops.zeros((batch_size,))
     finished = ops.zeros((batch_size,), dtype="bool")
     words, extras = [], []
-    for _ in range(int(max_length)):
+    for t in range(int(max_length)):
         log_probs, states, extra = step_fn(tokens, states, static)
-        log_probs = ops.cast(log_probs, "float32")
+        log_probs = _constrain(ops.cast(log_probs, "float32"), words, t, end_id, min_length, block_repeats)
         word = ops.cast(ops.argmax(log_probs, axis=-1), "int32")
         word = ops.where(finished, end_id, word)
         picked = ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(word, -1), axis=1), 1)
@@ -177,7 +260,7 @@ def greedy_search(step_fn, states, static, batch_size, max_length, start_id, end
     attention = None
     if extras:
         attention = ops.stack(extras + [ops.zeros_like(extras[0])] * pad, axis=1)
-    return words, total / ops.maximum(lengths, 1.0), attention
+    return words, total / ops.power(ops.maximum(lengths, 1.0), float(length_penalty)), attention
 
 
 def sample_search(step_fn, states, static, batch_size, max_length, start_id, end_id, temperature=1.0, seed=None):

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # the ids of SPECIALS, for model code that has no Vocabulary at hand
 
 
 class Vocabulary:

@@ -12,8 +12,20 @@ pooled image vector has to squeeze colour, shape and position of every object in
 look at each object in turn. The acceptance check printed at the end: attention beats the baseline by >= 0.10 BLEU-4
 and on CIDEr (test split).
 
+With --scst it compares XE alone against XE + self-critical training (captioner.scst) started from that very XE
+checkpoint (the XE model is trained first, or reused with --xe-model DIR), both scored on test and novel with
+BLEU-4, CIDEr-D, exact match, the invented-object rate on single-object scenes and the relation-error rate
+(captioner.scene_errors). The SCST budget (epochs, seconds) is printed with the table; the check printed at the
+end: SCST raises test CIDEr-D by >= 5% relative and raises test exact match.
+
+Every row also reports the invented-object and relation-error rates.
+
 Usage:
     .venv/bin/python scripts/bench_captioner_scenes.py                  # the default recipe (~15-20 min on 2 CPUs)
+    .venv/bin/python scripts/bench_captioner_scenes.py --scst --seed 7 --epochs 12 --schedule cosine --warmup 1 \
+        --monitor cider --patience 20                                   # XE vs XE + SCST (the bundled recipe)
+    .venv/bin/python scripts/bench_captioner_scenes.py --scst --xe-model runs/xe12/attention --data runs/scenes-7 \
+        --seed 7                                                        # SCST from an existing XE model
     .venv/bin/python scripts/bench_captioner_scenes.py --images 600 --epochs 1 --json    # a quick smoke run
     .venv/bin/python scripts/bench_captioner_scenes.py --meteor        # METEOR too (Java; slower)
 """
@@ -34,8 +46,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-METRICS = [("Bleu_1", "BLEU-1"), ("Bleu_2", "BLEU-2"), ("Bleu_3", "BLEU-3"), ("Bleu_4", "BLEU-4"),
-           ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"), ("CIDEr", "CIDEr"), ("exact_match", "exact")]
+METRICS = [("Bleu_1", "BLEU-1"), ("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"),
+           ("CIDEr", "CIDEr"), ("exact_match", "exact"), ("invented_rate", "invent"),
+           ("relation_error_rate", "rel.err")]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,9 +74,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--lr-decay", type=float, default=1.0,
                    help="divide the learning rate by this after an epoch without validation gain (default 1: off)")
+    p.add_argument("--schedule", choices=["none", "cosine", "step"], default="none",
+                   help="learning-rate decay over the run (default none: constant)")
+    p.add_argument("--warmup", type=float, default=0.0, help="epochs of linear learning-rate warmup (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default 0)")
+    p.add_argument("--monitor", choices=["loss", "cider"], default="loss",
+                   help="best epoch by validation loss or by validation CIDEr-D (default loss)")
     p.add_argument("--beam", type=int, default=3, help="beam width for evaluation (default 3)")
     p.add_argument("--meteor", action="store_true", help="also compute METEOR (Java; adds a few seconds a split)")
     p.add_argument("--only", choices=["attention", "no-attention"], default=None, help="train just one of the two")
+    p.add_argument("--scst", action="store_true",
+                   help="compare XE alone with XE + SCST from the same XE checkpoint (attention model only)")
+    p.add_argument("--xe-model", default=None, help="with --scst: reuse this XE model folder instead of training one")
+    p.add_argument("--scst-epochs", type=int, default=4, help="SCST epochs (default 4)")
+    p.add_argument("--scst-lr", type=float, default=1e-4, help="SCST learning rate (default 1e-4)")
+    p.add_argument("--scst-batch", type=int, default=16, help="SCST images per step (default 16)")
+    p.add_argument("--samples", type=int, default=5, help="SCST samples per image (default 5)")
+    p.add_argument("--scst-budget", type=float, default=1200, help="SCST seconds (default 1200)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object (nothing else)")
     return p.parse_args(argv)
 
@@ -93,8 +120,6 @@ def ensure_scenes(args) -> str:
 
 
 def train_and_score(args, dataset: str, out_dir: str, attention: bool) -> dict:
-    from captioner.evaluate import evaluate_captioner
-    from captioner.model import load_model_dir
     from captioner.training import train_captioner
     quiet = io.StringIO()
     cpu = time.process_time()
@@ -105,19 +130,85 @@ def train_and_score(args, dataset: str, out_dir: str, attention: bool) -> dict:
             attention_dim=args.attention_dim, dropout=args.dropout, attention=attention,
             alpha_c=args.alpha_c if attention else 0.0, max_length=args.max_length, seed=args.seed,
             verbose=0 if args.json else 2, time_budget=args.time_budget, patience=args.patience,
-            lr_decay=args.lr_decay, overwrite=True)
+            lr_decay=args.lr_decay, schedule=args.schedule, warmup=args.warmup,
+            label_smoothing=args.label_smoothing, monitor=args.monitor, overwrite=True)
     cpu = time.process_time() - cpu
-    loaded = load_model_dir(out_dir, task="caption")
     result = {"train_seconds": summary["train_seconds"], "train_cpu_seconds": round(cpu, 1),
-              "epochs": summary["epochs"],
-              "val_loss": summary["val_loss"], "weights_mb": round(
-                  os.path.getsize(os.path.join(out_dir, "model.weights.h5")) / 2**20, 2)}
+              "epochs": summary["epochs"], "best_epoch": summary.get("best_epoch"),
+              "val_loss": summary["val_loss"], "val_cider": summary.get("val_cider")}
+    result.update(score_model(args, dataset, out_dir))
+    return result
+
+
+def score_model(args, dataset: str, model_dir: str) -> dict:
+    """Captions test and novel with beam search and scores them: pycocoevalcap metrics, exact match, the invented-
+    object rate on single-object scenes, the relation-error rate (captioner.scene_errors)."""
+    from captioner.datasets import load_caption_dataset, split_examples
+    from captioner.metrics import caption_scores
+    from captioner.model import caption_files, load_model_dir
+    from captioner.scene_errors import caption_errors
+    loaded = load_model_dir(model_dir, task="caption")
+    with open(dataset) as f:
+        objects = {im["filename"]: im["objects"] for im in json.load(f)["images"]}
+    result = {"weights_mb": round(os.path.getsize(os.path.join(model_dir, "model.weights.h5")) / 2**20, 2)}
+    examples = load_caption_dataset(dataset)
     for split in ("test", "novel"):
         start = time.perf_counter()
-        scores = evaluate_captioner(loaded, dataset, split=split, beam_width=args.beam, meteor=args.meteor)
+        chosen = split_examples(examples, split)
+        captions = caption_files(loaded, [e.image for e in chosen], beam_width=args.beam, batch_size=128)
+        references = {e.image_id: [" ".join(c) for c in e.captions] for e in chosen}
+        hypotheses = {e.image_id: r.get("caption", "") for e, r in zip(chosen, captions)}
+        with contextlib.redirect_stdout(io.StringIO()):
+            scores = caption_scores(references, hypotheses, meteor=args.meteor)
+        errors = [caption_errors(r.get("caption", ""), objects[os.path.basename(e.image)])
+                  for e, r in zip(chosen, captions)]
+        single = [x["invented"] for x in errors if x["invented"] is not None]
+        related = [x["relation_error"] for x in errors if x["relation_error"] is not None]
+        scores["invented_rate"] = sum(single) / len(single) if single else None
+        scores["single_object_scenes"] = len(single)
+        scores["relation_error_rate"] = sum(related) / len(related) if related else None
+        scores["captions_with_relation"] = len(related)
+        scores["images"] = len(chosen)
         scores["eval_seconds"] = round(time.perf_counter() - start, 1)
         result[split] = scores
     return result
+
+
+def run_scst(args, dataset: str, out: str) -> dict:
+    """XE (trained, or --xe-model) and XE + SCST from it, both scored."""
+    from captioner.scst import train_scst
+    results = {}
+    if args.xe_model:
+        xe_dir = args.xe_model
+        log(args, f"== scoring the XE model {xe_dir}")
+        results["XE"] = {"train_seconds": None, "train_cpu_seconds": None, "epochs": None,
+                         **score_model(args, dataset, xe_dir)}
+    else:
+        xe_dir = os.path.join(out, "attention")
+        log(args, "== training XE")
+        results["XE"] = train_and_score(args, dataset, xe_dir, True)
+    scst_dir = os.path.join(out, "scst")
+    log(args, f"== SCST from {xe_dir}: {args.scst_epochs} epochs or {args.scst_budget:.0f} s, lr {args.scst_lr}, "
+              f"{args.scst_batch} images x {args.samples} samples per step")
+    quiet = io.StringIO()
+    cpu = time.process_time()
+    with contextlib.redirect_stdout(quiet) if args.json else contextlib.nullcontext():
+        summary = train_scst(dataset, xe_dir, scst_dir, samples=args.samples, epochs=args.scst_epochs,
+                             batch_size=args.scst_batch, lr=args.scst_lr, seed=args.seed,
+                             verbose=0 if args.json else 1, time_budget=args.scst_budget, patience=args.scst_epochs)
+    results["XE+SCST"] = {"train_seconds": summary["train_seconds"],
+                          "train_cpu_seconds": round(time.process_time() - cpu, 1), "epochs": summary["epochs"],
+                          "best_epoch": summary["best_epoch"], "reward": summary["reward"],
+                          "val_cider": summary["val_cider"], "val_cider_xe": summary.get("val_cider_init"),
+                          **score_model(args, dataset, scst_dir)}
+    return results
+
+
+def scst_acceptance(results: dict) -> dict:
+    xe, rl = results["XE"]["test"], results["XE+SCST"]["test"]
+    gain = rl["CIDEr"] / xe["CIDEr"] - 1
+    return {"cider_relative_gain": round(gain, 4), "exact_gain": round(rl["exact_match"] - xe["exact_match"], 4),
+            "passed": bool(gain >= 0.05 and rl["exact_match"] > xe["exact_match"])}
 
 
 def format_table(results: dict) -> str:
@@ -129,8 +220,9 @@ def format_table(results: dict) -> str:
             for key, _ in METRICS:
                 v = r[split].get(key)
                 cells.append(f"{'-':>7}" if v is None else f"{v:7.3f}")
-            lines.append(f"{name:14} {split:6} " + " ".join(cells) + f" {r['epochs']:>6} {r['train_seconds']:>8.0f}"
-                         f" {r['train_cpu_seconds']:>7.0f}")
+            epochs, seconds, cpu = (r.get(k) for k in ("epochs", "train_seconds", "train_cpu_seconds"))
+            lines.append(f"{name:14} {split:6} " + " ".join(cells) + f" {epochs if epochs is not None else '-':>6}"
+                         f" {seconds if seconds is not None else '-':>8} {cpu if cpu is not None else '-':>7}")
     return "\n".join(lines)
 
 
@@ -151,8 +243,29 @@ def main(argv=None) -> int:
     dataset = ensure_scenes(args)
     out = args.out or tempfile.mkdtemp(prefix="bench-captioner-")
     budget = f"{args.epochs} epochs" + (f", {args.time_budget:.0f} s" if args.time_budget else "")
-    log(args, f"== backend {keras.backend.backend()}; budget per model: {budget}; models in {out}")
+    if args.scst and args.xe_model:
+        budget = f"XE model given ({args.xe_model})"
+    log(args, f"== backend {keras.backend.backend()}; budget per XE model: {budget}; models in {out}")
     results = {}
+    if args.scst:
+        results = run_scst(args, dataset, out)
+        check = scst_acceptance(results)
+        payload = {"config": {k: v for k, v in vars(args).items() if k not in ("json",)},
+                   "backend": keras.backend.backend(), "results": results, "acceptance": check,
+                   "total_seconds": round(time.perf_counter() - start, 1)}
+        if args.json:
+            print(json.dumps(payload))
+            return 0
+        print()
+        print(format_table(results))
+        r = results["XE+SCST"]
+        print(f"\nSCST budget: {r['epochs']} epochs (best {r['best_epoch']}), {r['train_seconds']:.0f} s, "
+              f"{args.scst_batch} images x {args.samples} samples per step, lr {args.scst_lr}")
+        print(f"XE + SCST vs XE (test): CIDEr-D {check['cider_relative_gain']:+.1%}, exact match "
+              f"{check['exact_gain']:+.3f} -> {'PASS' if check['passed'] else 'FAIL'} (needs CIDEr-D >= +5% and "
+              f"a higher exact match)")
+        print(f"total {payload['total_seconds']:.0f} s")
+        return 0
     for name, attention in (("attention", True), ("no-attention", False)):
         if args.only and args.only != name:
             continue

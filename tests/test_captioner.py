@@ -102,7 +102,8 @@ def test_doubly_stochastic_penalty_is_added():
     expected = 0.7 * float(doubly_stochastic_penalty(alphas, mask))
     np.testing.assert_allclose(float(model.losses[0]), expected, rtol=1e-5)
     coverage = (np.asarray(alphas) * mask[..., None]).sum(1)  # (batch, pixels)
-    np.testing.assert_allclose(expected, 0.7 * ((1 - coverage) ** 2).sum(-1).mean(), rtol=1e-5)
+    # per token, like the mean cross-entropy it is added to: sum over captions / number of tokens
+    np.testing.assert_allclose(expected, 0.7 * ((1 - coverage) ** 2).sum() / mask.sum(), rtol=1e-5)
     off = decoder(alpha_c=0.0)
     off((FEATURES, TOKENS))
     assert not off.losses

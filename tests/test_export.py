@@ -186,6 +186,7 @@ _CHILD = textwrap.dedent("""
             __import__(name)
         except ImportError:
             blocked.append(name)
+    import numpy as np
     import tensorflow as tf
     jobs = json.load(open(sys.argv[1]))
     results, models = [], {}
@@ -202,7 +203,9 @@ _CHILD = textwrap.dedent("""
             row = {}
             for key, value in out.items():
                 value = value.numpy()
-                row[key] = [v.decode() for v in value] if value.dtype == object else value.tolist()
+                if value.dtype == object:  # strings, of any rank (all_captions is [batch, n])
+                    value = np.vectorize(lambda b: b.decode(), otypes=[object])(value)
+                row[key] = value.tolist()
             results.append(row)
         except Exception as e:  # noqa: BLE001 - reported to the test
             results.append({"exception": type(e).__name__, "message": str(e)[:500]})
@@ -307,6 +310,7 @@ def exported(tmp_path_factory):
     for folder in ("caption_model", "vqa_model"):
         calibrate_model_dir(root / folder, scene_pixels[:4], scene_pixels[4:])
     export_captioner(root / "caption_saved", root / "caption_model", beam_width=3)
+    export_captioner(root / "caption_flags_saved", root / "caption_model", **SEARCH_FLAGS)
     export_language_model(root / "lm_saved", root / "lm_model", max_tokens=12)
     export_vqa(root / "vqa_saved", root / "vqa_model")
     jax_out, jax_err = jax_run.communicate(timeout=300)
@@ -316,6 +320,7 @@ def exported(tmp_path_factory):
     lm_loaded, jax_loaded = checkpoint.load_model_dir(root / "lm_model"), checkpoint.load_model_dir(root / "jax_model")
     python = {
         "captions": caption_files(loaded, good, beam_width=3),
+        "captions_flags": caption_files(loaded, good[:5], **SEARCH_FLAGS),
         "texts": [" ".join(tokenize(p) + generate(lm_loaded, tokenize(p), 12, temperature=0)) for p in PROMPTS],
         "jax_tf": [" ".join(tokenize(p) + generate(jax_loaded, tokenize(p), 8, temperature=0)) for p in PROMPTS],
         "jax_jax": json.loads(jax_out.strip().splitlines()[-1])["texts"],
@@ -337,6 +342,7 @@ def exported(tmp_path_factory):
         {"dir": str(root / "vqa_saved"), "feeds": {"images": [p for p, _ in pairs], "questions": [q for _, q in pairs]},
          "files": {"images": True}},
         {"dir": str(root / "jax_saved"), "feeds": {"prompts": PROMPTS}, "files": {}},
+        {"dir": str(root / "caption_flags_saved"), "feeds": {"images": good[:5]}, "files": {"images": True}},
     ]
     with open(root / "jobs.json", "w") as f:
         json.dump(jobs, f)
@@ -373,6 +379,26 @@ def test_savedmodel_captions_equal_python_captions(exported):
         steps = len(r["attention"])  # the words, then the <eos> step if there was one
         np.testing.assert_allclose(row[:steps], r["attention"], atol=1e-5)
         assert not row[steps:].any()
+
+
+SEARCH_FLAGS = {"beam_width": 3, "length_penalty": 0.5, "min_length": 2, "block_repeats": 2, "num_captions": 2}
+
+
+@pytest.mark.slow
+def test_savedmodel_search_flags_equal_python_captions(exported):
+    """--length-penalty, --min-length, --block-repeats and --num-captions give the same captions in the graph."""
+    python = exported["python"]["captions_flags"]
+    served = exported["served"]["results"][7]
+    assert served["captions"] == [r["caption"] for r in python]
+    assert served["all_captions"] == [[c["caption"] for c in r["captions"]] for r in python]
+    np.testing.assert_allclose(served["all_scores"], [[c["score"] for c in r["captions"]] for r in python],
+                               atol=1e-4)
+    for r in python:
+        assert r["captions"][0]["caption"] == r["caption"] and r["captions"][0]["score"] >= r["captions"][1]["score"]
+        for c in r["captions"]:
+            words = c["caption"].split()
+            assert len(words) >= 2  # min_length
+            assert len(set(zip(words, words[1:]))) == len(words) - 1  # no bigram twice
 
 
 @pytest.mark.slow

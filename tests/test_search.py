@@ -122,7 +122,9 @@ def check_beam_width_one_is_greedy(quick=False):
 
 
 def check_never_ending_search_gives_max_length_words():
-    never = {prev: {4: 0.7, 5: 0.3} for prev in (BOS, 4, 5)}  # <eos> only ever gets 1e-9
+    # <eos> only ever gets 1e-9. Three words, so a beam of 3 has three real extensions at the first step (with two,
+    # the third best extension would be the 1e-9 <eos>, which plain beam search keeps too).
+    never = {prev: {4: 0.6, 5: 0.25, 6: 0.15} for prev in (BOS, 4, 5, 6)}
     log_table = toy_log_probs(never)
     step = toy_step(log_table)
     for method, width in (("greedy", 1), ("beam", 1), ("beam", 3)):
@@ -135,7 +137,7 @@ def check_never_ending_search_gives_max_length_words():
         np.testing.assert_allclose(alphas.sum(-1), 1.0, atol=1e-6)  # every step is real
     from lm.vocab import Vocabulary
     vocab = Vocabulary(["a", "b", "c", "d"])
-    assert vocab.decode(words[0]) == ["a"] * 6  # 0.7 > 0.3 at every step: six words, no <eos>
+    assert vocab.decode(words[0]) == ["a"] * 6  # 0.6 > 0.25 at every step: six words, no <eos>
 
 
 def check_length_normalisation():
@@ -214,3 +216,123 @@ def test_search_checks_on_jax(run_python):
             "print('OK')")
     proc = run_python(code, "jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+# ---- the pool of finished hypotheses, n-best, repeats, minimum length (lm.sampling.beam_search) -------------------
+# A larger toy vocabulary: 4 a, 5 b, 6 c, 7 d, 8 e, 9 f, 10 g.
+_POOL_TABLE = {
+    BOS: {4: 0.5, 5: 0.3, 6: 0.2},
+    4: {EOS: 0.5, 6: 0.5 - 1e-3, 10: 1e-3},  # "a <eos>" .25 and "a c ..." .25 - beam 2 keeps "a c", drops "b"
+    6: {EOS: 0.99, 10: 0.01},  # "a c <eos>" .247
+    5: {7: 0.55, 10: 0.45},  # "b d" .165
+    7: {8: 0.99, EOS: 0.01},
+    8: {9: 0.99, EOS: 0.01},
+    9: {EOS: 0.99, 10: 0.01},  # "b d e f <eos>" .160: the worst raw sum, the best mean
+    10: {EOS: 1.0},
+}
+
+
+def table_log_probs(table, vocab=11) -> np.ndarray:
+    probs = np.full((vocab, vocab), 1e-9)
+    for prev, row in table.items():
+        for word, p in row.items():
+            probs[prev, word] = p
+    probs /= probs.sum(axis=1, keepdims=True)
+    return np.log(probs).astype("float32")
+
+
+def search(step, method="beam", batch=2, **kwargs):
+    from keras import ops
+    from lm.sampling import beam_search, greedy_search
+    states, static = [ops.zeros((batch, 1))], [ops.zeros((batch, 2))]
+    max_length = kwargs.pop("max_length", 8)
+    if method == "beam":
+        width = kwargs.pop("beam_width")
+        out = beam_search(step, states, static, batch, width, max_length, BOS, EOS, **kwargs)
+    else:
+        out = greedy_search(step, states, static, batch, max_length, BOS, EOS, **kwargs)
+    return tuple(None if x is None else np.asarray(x) for x in out)
+
+
+def _ngrams(words, n):
+    words = list(words[: list(words).index(EOS)] if EOS in list(words) else words)
+    return [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
+
+
+def test_pool_keeps_the_longer_hypothesis_with_the_better_normalised_score():
+    """"b d e f <eos>" has the worst raw sum of the finished captions but the best mean log p. Beam 2 with finished
+    beams in their slots would end with "a <eos>" and "a c <eos>" (both finished by step 3, "b d" pruned at step 2);
+    the pool keeps "b d" live and returns it, with its exact score. Also in a traced graph (no early exit)."""
+    log_table = table_log_probs(_POOL_TABLE)
+    step = toy_step(log_table)
+    sums = {name: sequence_log_prob(log_table, words) for name, words in
+            (("short", [4, EOS]), ("mid", [4, 6, EOS]), ("long", [5, 7, 8, 9, EOS]))}
+    assert sums["long"][0] < min(sums["short"][0], sums["mid"][0])  # the premise: worst raw sum ...
+    assert sums["long"][0] / 5 > max(sums["short"][0] / 2, sums["mid"][0] / 3)  # ... best mean
+    total, length = sums["long"]
+    words, scores, alphas = search(step, beam_width=2, length_penalty=1.0)
+    for row in range(2):
+        assert list(words[row, :5]) == [5, 7, 8, 9, EOS] and (words[row, 5:] == EOS).all()
+        np.testing.assert_allclose(scores[row], total / length, rtol=1e-5)
+        for t in range(5):
+            np.testing.assert_allclose(alphas[row, t], np.eye(5)[(t + 1) % 5], atol=1e-6)
+    import keras
+    if keras.backend.backend() == "tensorflow":  # the exported graph's way: traced, run to max_length
+        import tensorflow as tf
+        from keras import ops
+        from lm.sampling import beam_search
+        graph = tf.function(lambda: beam_search(step, [ops.zeros((2, 1))], [ops.zeros((2, 2))], 2, 2, 8, BOS, EOS,
+                                                1.0, early_exit=False))
+        traced = [np.asarray(x) for x in graph()]
+        np.testing.assert_array_equal(traced[0], words)
+        np.testing.assert_allclose(traced[1], scores, rtol=1e-6)
+    # length_penalty 0 ranks by the raw sum: "a <eos>" (.25 > .247)
+    words, scores, _ = search(step, beam_width=2, length_penalty=0.0)
+    assert list(words[0, :2]) == [4, EOS]
+
+
+def test_num_captions_returns_the_n_best_finished_captions_in_order():
+    log_table = table_log_probs(_POOL_TABLE)
+    words, scores, alphas = search(toy_step(log_table), beam_width=3, num_captions=3)
+    assert words.shape == (2, 3, 8) and scores.shape == (2, 3) and alphas.shape == (2, 3, 8, 5)
+    assert (np.diff(scores[0]) <= 0).all()  # best first
+    seen = set()
+    for n in range(3):
+        total, length = sequence_log_prob(log_table, words[0, n])
+        assert words[0, n, length - 1] == EOS  # all three finished
+        np.testing.assert_allclose(scores[0, n], total / length, rtol=1e-5)
+        seen.add(tuple(words[0, n, :length]))
+    assert len(seen) == 3 and (5, 7, 8, 9, EOS) in seen
+    np.testing.assert_array_equal(words[1], words[0])
+    with pytest.raises(ValueError, match="num_captions"):
+        search(toy_step(log_table), beam_width=2, num_captions=3)
+
+
+def test_block_repeats_never_emits_a_repeated_ngram():
+    loop = {BOS: {4: 0.6, 5: 0.4}, 4: {5: 0.8, 6: 0.1, EOS: 0.1}, 5: {4: 0.8, 7: 0.1, EOS: 0.1},
+            6: {7: 0.5, EOS: 0.5}, 7: {6: 0.5, EOS: 0.5}}  # loves "a b a b a b ..."
+    step = toy_step(table_log_probs(loop))
+    for method, kwargs in (("greedy", {}), ("beam", {"beam_width": 3})):
+        free, _, _ = search(step, method, max_length=10, **kwargs)
+        assert len(set(_ngrams(free[0], 3))) < len(_ngrams(free[0], 3)), free[0]  # without blocking it loops
+        for n in (3, 2, 1):
+            words, scores, _ = search(step, method, max_length=10, block_repeats=n, **kwargs)
+            for row in words:
+                grams = _ngrams(row, n)
+                assert len(grams) == len(set(grams)), (method, n, row)
+            assert np.isfinite(scores).all() and (scores > -1e3).all()
+
+
+def test_min_length_holds_back_eos():
+    early = {BOS: {4: 0.9, 5: 0.1}, 4: {EOS: 0.9, 5: 0.1}, 5: {EOS: 0.6, 4: 0.4}}
+    log_table = table_log_probs(early)
+    step = toy_step(log_table)
+    for method, kwargs in (("greedy", {}), ("beam", {"beam_width": 3})):
+        words, _, _ = search(step, method, **kwargs)
+        assert list(words[0]).index(EOS) == 1  # "a <eos>" without the constraint
+        words, scores, _ = search(step, method, min_length=3, **kwargs)
+        for row in range(2):
+            ends = list(words[row]).index(EOS)
+            assert ends >= 3, (method, words[row])
+            total, length = sequence_log_prob(log_table, words[row])
+            np.testing.assert_allclose(scores[row], total / length, rtol=1e-5)

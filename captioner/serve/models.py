@@ -16,10 +16,9 @@ model (see captioner.export), so a client written for TF Serving hosting that ex
 plus, where the model provides them, `domain_score` and `out_of_domain` (the out-of-domain score of issue 11), and
 for VQA `unknown_words` (question words the model never saw, read as <unk>).
 
-Captions come from captioner.model.caption_files and answers from the same forward pass as
-captioner.vqa.answer_questions, so the server's captions equal `captioner caption`'s for the same images and beam
-width. When captioner.api (issue 11: `Captioner.load(path).caption(images, beam=3)`, `VQA.load(path).ask(...)`)
-lands, only `_caption_rows` / `_answer_rows` below need to call it instead; the rest of the server is unchanged.
+Captions and answers come from the Python API (captioner.api: `Captioner.caption`, `VQA.ask_batch`), which the
+`caption` and `ask` commands use too, so the server's captions equal `captioner caption`'s for the same images and
+beam width, and carry the same out-of-domain score.
 
 Example:
     >>> service = CaptionService.load(None, beam_width=3)
@@ -82,7 +81,9 @@ class CaptionService:
     outputs = CAPTION_OUTPUTS
 
     def __init__(self, loaded, beam_width: int = 3, max_length: int | None = None):
+        from captioner.api import Captioner
         self.loaded = loaded
+        self.api = Captioner(loaded)
         self.beam_width = int(beam_width)
         self.max_length = int(max_length or loaded.config.get("max_length", 20))
 
@@ -101,13 +102,11 @@ class CaptionService:
         return [self._row(r) for r in self._caption_rows(batch)]
 
     def _caption_rows(self, batch: list) -> list[dict]:
-        from captioner.model import caption_files
-        rows = caption_files(self.loaded, list(batch), beam_width=self.beam_width, max_length=self.max_length,
-                             batch_size=max(1, len(batch)))
-        for r in rows:
-            if "error" in r:  # cannot happen for prepared arrays; never answer a bad row silently
-                raise RuntimeError(r["error"])
-        return rows
+        """One captioner.api call for the whole batch: the captions `captioner caption` gives, with the
+        out-of-domain score."""
+        results = self.api.caption(list(batch), beam=self.beam_width, max_length=self.max_length,
+                                   batch_size=max(1, len(batch)))
+        return [r.to_dict() for r in results]
 
     def _row(self, r: dict) -> dict:
         attention = np.asarray(r["attention"], np.float32)  # (rows, h', w'): the words, then the <eos> step
@@ -141,7 +140,9 @@ class VQAService:
         from captioner.vqa import MAX_QUESTION_LENGTH
         if not loaded.answers:
             raise UserError(f"{loaded.directory}: answers.json is missing or empty")
+        from captioner.api import VQA
         self.loaded = loaded
+        self.api = VQA(loaded)
         self.max_words = int(loaded.config.get("max_question_length", MAX_QUESTION_LENGTH))
 
     @classmethod
@@ -165,26 +166,12 @@ class VQAService:
         return [self._row(r) for r in self._answer_rows(batch)]
 
     def _answer_rows(self, batch: list) -> list[dict]:
-        """The forward pass of captioner.vqa.answer_questions, for many (image, question) pairs at once."""
-        from captioner.vqa import encode_questions
-        from captioner.vqa.answering import _predict, _softmax
-        from lm.text import tokenize
+        """One captioner.api call for many (image, question) pairs: the answers `captioner ask` gives, with the
+        out-of-domain score."""
         if not batch:
             return []
-        images = np.stack([image for image, _ in batch])  # (B, h, w, 3) uint8
-        questions = [q for _, q in batch]
-        ids = encode_questions(questions, self.loaded.vocab, self.max_words)  # (B, T)
-        logits, alpha = _predict(self.loaded.model, images, np.arange(len(batch)), ids, batch_size=len(batch),
-                                 return_attention=True)  # (B, K), (B, P)
-        probs = _softmax(logits)
-        grid_h, grid_w, _ = self.loaded.model.grid
-        rows = []
-        for i, question in enumerate(questions):
-            k = int(np.argmax(probs[i]))
-            unknown = [w for w in tokenize(question)[: self.max_words] if w not in self.loaded.vocab]
-            rows.append({"answer": self.loaded.answers[k], "score": float(probs[i, k]),
-                         "attention": alpha[i].reshape(grid_h, grid_w), "unknown_words": unknown})
-        return rows
+        results = self.api.ask_batch([image for image, _ in batch], [q for _, q in batch])
+        return [r.to_dict() for r in results]
 
     def _row(self, r: dict) -> dict:
         return {"answers": r["answer"], "scores": float(r["score"]),
