@@ -57,4 +57,4 @@ def test_bundled_captioner_on_fixed_fresh_scenes(scenes):
 
 FIRST_100_TOKENS, FIRST_100_PPL = 2280, 95.0154  # the bundled LSTM on lm/assets/kjv/test.txt's first 100 lines
 VQA_COUNT, VQA_ACCURACY = 304, 286 / 304  # the bundled VQA model on 40 scenes of seed 20261122: 94.08%
-CAPTION_EXACT, CAPTION_CIDER = 26 / 40, 6.0155  # the bundled captioner there, beam 3 (changes when it is retrained)
+CAPTION_EXACT, CAPTION_CIDER = 36 / 40, 7.3721  # the bundled captioner there, beam 3 (changes when it is retrained)
