@@ -273,11 +273,15 @@ def grid_shape(name: str, image_size: int | tuple[int, int] | None = None) -> tu
 
 def _small_cnn(image_size: tuple[int, int]) -> keras.Model:
     """Five 3x3 conv-BN-ReLU blocks, (B, H, W, 3) normalised -> (B, H/8, W/8, 128). About 0.3M parameters."""
+    from lm.accel import replicas
+    # Under a TensorFlow strategy with several replicas (MirroredStrategy, several hosts) the batch statistics are
+    # the global batch's, as they are under JAX's DataParallel, so every replica keeps the same moving averages.
+    synchronized = keras.backend.backend() == "tensorflow" and replicas() > 1
     inputs = keras.Input((*image_size, 3), name="pixels")  # (B, H, W, 3) in -1..1
     x = inputs
     for i, (filters, stride) in enumerate([(32, 1), (32, 2), (64, 2), (128, 2), (128, 1)], start=1):
         x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.BatchNormalization(synchronized=synchronized, name=f"block{i}_bn")(x)
         x = layers.ReLU(name=f"block{i}_relu")(x)  # (B, H / stride so far, W / ..., filters)
     return keras.Model(inputs, x, name="small_cnn")  # (B, H/8, W/8, 128)
 

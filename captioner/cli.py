@@ -67,16 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the package, the keras.applications ones download once into $KERAS_HOME/models)")
     p.add_argument("--image-size", type=int, default=None, help="square input size (default: the backbone's)")
     p.add_argument("--trainable-blocks", type=int, default=0, help="fine-tune the top N backbone blocks (-1 = all)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    # Defaults that differ by task are None here and filled by the training function of the task, so each task
+    # gets sizes that fit it (the VQA recipe is a model a sixteenth the size of the caption decoder).
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: captions 10, VQA 20)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size; VQA counts questions (default: captions 32, VQA 128)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: captions 1e-3, VQA 2e-3)")
     p.add_argument("--patience", type=int, default=None,
                    help="caption training: stop after this many epochs without validation gain (default 3)")
     p.add_argument("--lr-decay", type=float, default=None,
                    help="caption training: divide the learning rate by this after an epoch without validation gain "
                         "(default 1: constant)")
-    p.add_argument("--embed", type=int, default=256, help="word embedding size")
-    p.add_argument("--units", type=int, default=512, help="recurrent units")
+    p.add_argument("--embed", type=int, default=None, help="word embedding size (default: captions 256, VQA 64)")
+    p.add_argument("--units", type=int, default=None,
+                   help="recurrent units (default: captions 512, VQA 128 per direction)")
     p.add_argument("--attention-dim", type=int, default=256)
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
     p.add_argument("--dropout", type=float, default=0.3)
@@ -225,9 +229,11 @@ def cmd_train(a) -> int:
     else:
         weights = None if a.weights in ("none", "None") else a.weights
     common = dict(image_root=a.image_root, backbone=a.backbone, weights=weights, image_size=a.image_size,
-                  trainable_blocks=a.trainable_blocks, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                  embed=a.embed, units=a.units, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
+                  trainable_blocks=a.trainable_blocks, train_split=a.split_train, val_split=a.split_val, seed=a.seed,
                   verbose=verbose, time_budget=a.time_budget, resume=a.resume, overwrite=a.overwrite)
+    # Sizes given on the command line; left out, the task's training function picks the defaults that fit it.
+    common.update({k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("lr", a.lr),
+                                     ("embed", a.embed), ("units", a.units)) if v is not None})
     # Caption-only flags given on the command line; left out, train_captioner's own defaults hold.
     caption_only = {k: v for k, v in (("patience", a.patience), ("lr_decay", a.lr_decay)) if v is not None}
     if task == "vqa":

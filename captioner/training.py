@@ -20,7 +20,7 @@ import numpy as np
 from captioner.datasets import load_caption_dataset, split_examples
 from captioner.folders import model_files
 from captioner.model import ImageCaptioner
-from lm.accel import accelerated, jit_option
+from lm.accel import accelerated, cluster, jit_option, worker_dataset
 from lm.checkpoint import BestEpoch, check_out_dir, write_model_folder
 from lm.data import EpochOrder
 from lm.errors import UserError
@@ -97,6 +97,16 @@ def _pairs(examples, vocab: Vocabulary, max_length: int):
     return np.asarray(index, "int64"), captions
 
 
+def _host_shard(examples, vocab: Vocabulary, max_length: int, hosts: int, rank: int):
+    """This process's share of a multi-host run: every `hosts`-th image from `rank` on (the process decodes and
+    extracts only these) and its (image, caption) pairs, cut to the count of the smallest shard so every process
+    runs the same number of steps. One host: everything. Returns (examples, image_index, captions)."""
+    shards = [examples[r::hosts] for r in range(hosts)]
+    smallest = min(sum(1 for e in shard for tokens in e.captions if tokens) for shard in shards)
+    index, captions = _pairs(shards[rank], vocab, max_length)
+    return shards[rank], index[:smallest], captions[:smallest]
+
+
 @accelerated  # mixed_precision and distribute: the models below are built, compiled and fitted under them
 def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weights=None, image_size=None,
                     trainable_blocks=0, epochs=10, batch_size=32, lr=1e-3, embed=256, units=512, attention_dim=256,
@@ -150,8 +160,13 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
         if verbose:
             print(report)
 
-    train_index, train_caps = _pairs(train, vocab, max_length)
-    val_index, val_caps = _pairs(val, vocab, max_length) if val else (None, None)
+    hosts, rank = cluster() if distribute else (1, 0)
+    train, train_index, train_caps = _host_shard(train, vocab, max_length, hosts, rank)
+    val, val_index, val_caps = _host_shard(val, vocab, max_length, hosts, rank) if val else (val, None, None)
+    # --batch-size is global; each process feeds its share of every step. JAX takes that share as the batch;
+    # TensorFlow's strategy cuts it from a global-size batch of the worker's own shard (lm.accel.worker_dataset).
+    tf_workers = hosts > 1 and keras.backend.backend() == "tensorflow"
+    local_batch = batch_size if tf_workers else batch_size // hosts
     # Streaming: a frozen CNN runs once per image into a keyed feature cache (captioner.features) and batches read
     # its shards; end to end, batches decode their images when asked. Nothing holds the whole dataset in memory.
     from captioner.streaming import CachedGrids, DecodedImages, StreamBatches
@@ -162,21 +177,30 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
         cache = build_feature_cache(model.backbone, [e.image for e in train + (val or [])], backbone_name=backbone,
                                     image_size=size, policy=spec.policy, cache_root=cache_dir, verbose=verbose)
 
-    def batches(examples, index, caps, what, shuffle):
+    # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
+    # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
+    # The width is the data's longest caption (+ <bos>), not --max-length: captions of 4-14 words padded to 24
+    # would spend 40% of every step on padding. Several hosts need one width too (every process's batch is one
+    # slice of the same global array), and there the shards differ: --max-length it is.
+    longest = max(len(c) for c in train_caps + (val_caps or [])) + 1 if hosts == 1 else max_length
+    fixed = (int(math.ceil(min(longest, max_length) / 4) * 4)
+             if keras.backend.backend() == "tensorflow" or hosts > 1 else None)
+
+    def batches(examples, index, caps, shuffle):
         """StreamBatches over cached grids (rows: the cache's) or over decoded images (rows: example indices)."""
         paths = [e.image for e in examples]
         if cache is not None:
             rows_source, rows = CachedGrids(cache), cache.rows([paths[i] for i in index])
         else:
             rows_source, rows = DecodedImages(paths, size, spec.policy), np.asarray(index, "int64")
-        return StreamBatches(rows_source, rows, caps, batch_size, shuffle=shuffle, seed=seed, fixed_width=fixed,
+        return StreamBatches(rows_source, rows, caps, local_batch, shuffle=shuffle, seed=seed, fixed_width=fixed,
                              drop_remainder=distribute)
 
-    # TensorFlow retraces with the time axis relaxed to None, which the attention loop cannot unroll: there every
-    # batch is padded to one width. JAX and PyTorch get length buckets (a compiled graph per bucket width).
-    fixed = int(math.ceil(max_length / 4) * 4) if keras.backend.backend() == "tensorflow" else None
-    train_batches = batches(train, train_index, train_caps, "training", True)
-    val_batches = batches(val, val_index, val_caps, "validation", False) if val else None
+    train_batches = batches(train, train_index, train_caps, True)
+    val_batches = batches(val, val_index, val_caps, False) if val else None
+    if tf_workers:
+        train_batches = worker_dataset(train_batches)
+        val_batches = worker_dataset(val_batches) if val_batches is not None else None
     trainee = model.decoder if cache_features else model
     trainee.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=5.0),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
@@ -189,7 +213,8 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     timer = EpochTimer()
     if done < epochs and not checkpoint.stopped:
         trainee.fit(train_batches, validation_data=val_batches, epochs=epochs, initial_epoch=done, verbose=verbose,
-                    callbacks=[EpochOrder(train_batches), checkpoint, timer], steps_per_epoch=steps_per_epoch)
+                    callbacks=[EpochOrder(*([] if tf_workers else [train_batches])), checkpoint, timer],
+                    steps_per_epoch=steps_per_epoch)
     if not checkpoint.saved:  # e.g. a diverged run: keep the last epoch
         write_model_folder(out_dir, model_files("caption", model, vocab, extra))
     checkpoint.finish()
@@ -199,7 +224,8 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
             "best_epoch": checkpoint.best_epoch, "vocab_size": len(vocab), "min_count": min_count,
             "train_images": len(train),
             "train_pairs": len(train_caps), "cached_features": bool(cache_features),
-            "feature_cache": cache.folder if cache is not None else None, "epoch_seconds": timer.seconds}
+            "feature_cache": cache.folder if cache is not None else None, "epoch_seconds": timer.seconds,
+            "hosts": hosts}
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -10,6 +10,11 @@
     JAX: `keras.distribution.DataParallel` (weights replicated, each batch split along its first axis);
     TensorFlow: `tf.distribute.MirroredStrategy`, inside whose scope the model is built and compiled.
     PyTorch has no such path here (use `torchrun` and DDP outside this toolkit).
+    Several hosts (processes): `cluster()` reads the launch environment. JAX: `KERAS_DISTRIBUTION_JOB_ADDRESSES`
+    (the coordinator's host:port), `KERAS_DISTRIBUTION_NUM_PROCESSES`, `KERAS_DISTRIBUTION_PROCESS_ID`, then
+    `jax.distributed.initialize` (via `keras.distribution.initialize`) and DataParallel over every process's
+    devices, each process feeding its own shard (`auto_shard_dataset=False`); on CPUs the collectives go over
+    gloo. TensorFlow: `TF_CONFIG` (cluster and task index) and `tf.distribute.MultiWorkerMirroredStrategy`.
   * `training_options(...)` / `@accelerated`: the two context managers around a whole training function.
 
 Stateful language models keep their carried state (lm.model) in variables of a fixed batch size, created by
@@ -97,8 +102,108 @@ def _jax_data_parallel_class():
     return StatefulDataParallel
 
 
+def cluster() -> tuple[int, int]:
+    """(processes, this process's index) of a multi-host run, from the launch environment (module docstring);
+    (1, 0) on one host. Bad values are a one-line UserError."""
+    import json
+    import os
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax" and os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
+            n, rank = int(os.environ["KERAS_DISTRIBUTION_NUM_PROCESSES"]), int(
+                os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "-1"))
+            if not os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+                raise ValueError("KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator's host:port) is not set")
+        elif backend == "tensorflow" and os.environ.get("TF_CONFIG"):
+            config = json.loads(os.environ["TF_CONFIG"])
+            n, rank = len(config["cluster"]["worker"]), int(config["task"]["index"])
+        else:
+            return 1, 0
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"bad multi-host environment ({e}); see README 'Several hosts'") from None
+    if not 0 <= rank < n:
+        raise UserError(f"bad multi-host environment: process index {rank} is not in 0..{n - 1}")
+    return n, rank
+
+
+_INITIALIZED = {}
+
+
+def _jax_initialize():
+    """jax.distributed.initialize once per process (gloo collectives on CPU), via keras.distribution.initialize."""
+    if "jax" not in _INITIALIZED:
+        import jax
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        keras.distribution.initialize()  # reads the KERAS_DISTRIBUTION_* variables
+        _INITIALIZED["jax"] = True
+
+
+def _patch_keras_multi_worker():
+    """Two places where Keras 3's TensorFlow trainer fails under MultiWorkerMirroredStrategy (seen with Keras
+    3.15 / TF 2.21), mended for this process: reducing the scalar logs of a step with `axis=0` (invalid for a
+    scalar: the mean over replicas is `axis=None`), and the symbolic build handing a whole (x, y) batch of
+    per-replica values to `strategy.reduce` (it takes one tensor; the build needs shapes only, so this replica's
+    slice serves)."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    reduce_per_replica = tf_trainer.reduce_per_replica
+
+    def reduce_scalars_too(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None) if tf_trainer._is_per_replica_instance(v) else v,
+                values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda x: (self.distribute_strategy.experimental_local_results(x)[0]
+                               if isinstance(x, tf.distribute.DistributedValues) else x), next(it))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    tf_trainer.reduce_per_replica = reduce_scalars_too
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+
+
+def worker_dataset(batches):
+    """A multi-worker TensorFlow run's input: this worker's own batches (a PyDataset of *global* batch size, cut
+    from its own shard) as a tf.data.Dataset that the strategy must not shard again (AutoShardPolicy.OFF); the
+    strategy splits each batch into per-replica slices, one step each, so every step takes `batch / workers` rows
+    of every worker's shard. The batches are read afresh (and `set_epoch` called) at each pass.
+
+    Example:
+        >>> model.fit(worker_dataset(CaptionBatches(...)), epochs=4)
+    """
+    import tensorflow as tf
+    first = batches[0]
+    signature = keras.tree.map_structure(
+        lambda a: tf.TensorSpec((None,) + tuple(a.shape[1:]), tf.as_dtype(a.dtype)), first)
+    passes = [0]
+
+    def generate():
+        if hasattr(batches, "set_epoch") and passes[0]:
+            batches.set_epoch(passes[0])
+        passes[0] += 1
+        for i in range(len(batches)):
+            yield batches[i]
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).with_options(options)
+
+
 def _tf_strategy():
     import tensorflow as tf
+    if cluster()[0] > 1:  # TF_CONFIG: one strategy per process, created before any other TensorFlow work
+        if "tf" not in _INITIALIZED:
+            _INITIALIZED["tf"] = tf.distribute.MultiWorkerMirroredStrategy()
+            _patch_keras_multi_worker()
+        return _INITIALIZED["tf"]
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy([d.name for d in gpus])
@@ -119,8 +224,11 @@ def distribution(enabled: bool = False, batch_size: int | None = None):
         return
     backend = keras.backend.backend()
     if backend == "jax":
-        devices = keras.distribution.list_devices()
-        dist = _jax_data_parallel_class()(devices=devices)
+        multi_host = cluster()[0] > 1
+        if multi_host:
+            _jax_initialize()
+        devices = keras.distribution.list_devices()  # every process's devices on several hosts
+        dist = _jax_data_parallel_class()(devices=devices, auto_shard_dataset=not multi_host)
         _check_batch(batch_size, len(devices))
         previous = keras.distribution.distribution()
         keras.distribution.set_distribution(dist)

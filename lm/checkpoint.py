@@ -3,6 +3,12 @@
 A folder holds `config.json` (`{"arch": ..., "model": constructor kwargs, ...}`), `vocab.json` and the weights
 (`model.weights.h5` for neural models, `ngram.npz` for the n-gram model). Omitting `--model` means the bundled
 default (an LSTM trained on the King James Bible), shipped inside the package.
+
+This module is also the one place for what every model folder of the project shares (language models, captioners,
+VQA models; captioner.folders builds on it): `write_model_folder`, the one atomic folder writer (a kill during a
+save leaves the previous complete folder, or is rolled forward by the next reader); `read_model_folder`;
+`check_out_dir` (`--out` refuses an existing model without `--resume` / `--overwrite`); `TrainingState`, the resume
+state kept in `resume/` while a run trains; and `BestEpoch`, the one best-epoch callback of every trainer.
 """
 
 from __future__ import annotations
@@ -174,6 +180,8 @@ def check_out_dir(directory, resume: bool = False, overwrite: bool = False) -> b
     if (has_model or has_state) and not overwrite:
         raise UserError(f"{directory} already holds a model; pass --overwrite to replace it, "
                         "or --resume to continue its training")
+    if has_state:  # --overwrite: the old run's resume state must not be resumed by a later --resume
+        write_model_folder(directory, {}, remove=[RESUME_DIR])
     return False
 
 
@@ -273,6 +281,17 @@ def load_model_dir(directory=None) -> LoadedModel:
 
 
 # ---- resume state and the best-epoch callback ------------------------------------------------------------------
+def _numpy(variable):
+    """A variable's value as a NumPy array, on any backend and under a TensorFlow strategy (whose mirrored
+    variables `convert_to_numpy` cannot read: their `.numpy()` reads this replica's copy)."""
+    import numpy as np
+    from keras import ops
+    value = variable.value
+    if keras.backend.backend() == "tensorflow" and hasattr(value, "numpy"):
+        return np.asarray(value.numpy())
+    return ops.convert_to_numpy(value)
+
+
 class TrainingState:
     """What `--resume` needs from the last finished epoch, kept in `DIR/resume/` while a run trains: every variable
     of the training model (weights, carried state, the seed generators of its dropout layers: its RNG) and of its
@@ -301,7 +320,7 @@ class TrainingState:
         variables = cls._variables(model, optimizer)
 
         def write_variables(path):
-            arrays = {f"v{i}": ops.convert_to_numpy(v.value) for i, v in enumerate(variables)}
+            arrays = {f"v{i}": _numpy(v) for i, v in enumerate(variables)}
             with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the temporary name
                 import numpy as np
                 np.savez(f, **arrays)

@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train n-gram, window, RNN, GRU, LSTM with one budget; print a table")
     p.add_argument("corpus")
-    p.add_argument("--out", default=None, help="folder for the trained models, one subfolder per model, replaced if there (default: a temporary folder)")
+    p.add_argument("--out", default=None,
+                   help="folder for the trained models, one subfolder per model, replaced if there "
+                        "(default: a temporary folder)")
     p.add_argument("--units", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3, help="epochs per neural model (default 3)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds per neural model (stops after the epoch)")
@@ -127,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(a) -> int:
     from lm.text import load_corpus
     from lm.training import train_language_model
+    if a.distribute:
+        from lm.accel import cluster
+        if cluster()[0] > 1:
+            raise UserError("--distribute over several hosts is for `captioner train` only for now; unset "
+                            "TF_CONFIG / KERAS_DISTRIBUTION_NUM_PROCESSES to use this host's devices")
     splits = load_corpus(a.corpus)
     # Progress bars on a terminal, one line per epoch in logs, nothing but the JSON with --json.
     verbose = 0 if a.json else (1 if sys.stdout.isatty() else 2)

@@ -161,8 +161,9 @@ vocab = Vocabulary(["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"])
 models = [build_model("lstm", {"vocab_size": 6, "units": u, "embed_dim": 4}) for u in (4, 8)]
 for i, model in enumerate(models):
     model.set_weights([np.full(w.shape, i + 1, "float32") for w in model.get_weights()])
-print("ready", flush=True)
-i = 0
+save_model_dir(sys.argv[1], "lstm", models[0], vocab, {"saved": 0})
+print("ready", flush=True)  # one complete save is there
+i = 1
 while True:  # two different models (other sizes, other values) saved in turn into one folder, until killed
     save_model_dir(sys.argv[1], "lstm", models[i % 2], vocab, {"saved": i})
     i += 1
@@ -176,7 +177,7 @@ def test_sigkill_during_saves_leaves_a_loadable_folder(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(folder)], stdout=subprocess.PIPE, text=True, env=ENV,
                             cwd=ROOT)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(1.5)
+    time.sleep(random.uniform(0.5, 1.5))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     loaded = load_model_dir(folder)
@@ -184,7 +185,6 @@ def test_sigkill_during_saves_leaves_a_loadable_folder(tmp_path):
     assert units == (4 if loaded.config["saved"] % 2 == 0 else 8)  # config.json and the weights of one save
     values = {float(np.unique(w)[0]) for w in loaded.model.get_weights()}
     assert values == {1.0 if units == 4 else 2.0}
-    assert loaded.config["saved"] >= 1, "the kill should land after a few saves"
 
 
 def test_resume_with_other_flags_is_one_line(tmp_path):
