@@ -253,6 +253,12 @@ def _clear(folder: str) -> None:
 # ------------------------------------------------------------------------------------------------ streaming
 
 
+def default_workers() -> int:
+    """Decoding threads: half the CPUs (1 to 8). Decoding a JPEG costs a few percent of a CNN forward pass on a CPU,
+    and more threads than that only take cores from the backbone's own thread pool."""
+    return min(8, max(1, (os.cpu_count() or 2) // 2))
+
+
 def stream_images(paths, image_size, policy: str, batch_size: int = 32, workers: int | None = None,
                   ahead: int = 3, batch_sizes=None):
     """Yields uint8 batches (n, h, w, 3) of decoded, resized images in order; decoding runs in `workers` threads,
@@ -263,14 +269,14 @@ def stream_images(paths, image_size, policy: str, batch_size: int = 32, workers:
         image_size: (height, width).
         policy: resize policy.
         batch_size: images per batch.
-        workers: decoding threads (default: CPU count + 1, at most 8).
+        workers: decoding threads (default ``default_workers()``).
         ahead: batches decoded ahead of the consumer.
         batch_sizes: explicit sizes of the successive batches (summing to len(paths)) instead of batch_size.
 
     A bad image stops the stream with its one-line ``ImageError``.
     """
     from captioner.images import load_image
-    workers = workers or min(8, (os.cpu_count() or 2) + 1)
+    workers = workers or default_workers()
     size = tuple(int(s) for s in image_size)
     paths = list(paths)
     if batch_sizes is None:
@@ -290,10 +296,14 @@ def stream_images(paths, image_size, policy: str, batch_size: int = 32, workers:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _predict(backbone):
-    """A compiled forward pass (predict_on_batch: tf.function on TensorFlow, jit on JAX) as numpy."""
+def _predict(backbone, batch_size: int | None = None):
+    """A compiled forward pass (predict_on_batch: tf.function on TensorFlow, jit on JAX) as numpy. A short batch is
+    padded to `batch_size` so the last one does not trace a second graph."""
     def run(batch):
-        return np.asarray(backbone.predict_on_batch(batch))  # (n, pixels, C)
+        n = len(batch)
+        if batch_size and n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        return np.asarray(backbone.predict_on_batch(batch))[:n]  # (n, pixels, C)
     return run
 
 
@@ -333,7 +343,7 @@ def build_feature_cache(backbone, paths, *, backbone_name: str, image_size, poli
         cache_root: the folder holding cache folders (default ``default_cache_root()``).
         batch_size: images per backbone call.
         shard_size: images per shard file.
-        workers: decoding threads (default: CPU count + 1, at most 8).
+        workers: decoding threads (default ``default_workers()``).
         verbose: 0 silent; else a progress bar (images/s, time left) and a line when reusing or rebuilding.
 
     Returns:
@@ -376,7 +386,7 @@ def build_feature_cache(backbone, paths, *, backbone_name: str, image_size, poli
     if len(todo) < len(manifest["shards"]):
         say(f"feature cache {folder}: resuming, {len(manifest['shards']) - len(todo)} of "
             f"{len(manifest['shards'])} shards already done")
-    predict = _predict(backbone)
+    predict = _predict(backbone, batch_size)
     todo_paths = [images[s["start"] + i] for s in todo for i in range(s["count"])]
     sizes = [min(batch_size, s["count"] - i) for s in todo for i in range(0, s["count"], batch_size)]
     bar = tqdm(total=len(todo_paths), desc="extracting features", unit="img", disable=not verbose, smoothing=0.1)

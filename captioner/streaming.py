@@ -69,7 +69,8 @@ class DecodedImages:
         self.policy = policy
         self.row_shape = (*self.size, 3)
         self.shard_bounds = [(s, min(s + shard_size, len(self.paths))) for s in range(0, len(self.paths), shard_size)]
-        self.workers = workers or min(8, (os.cpu_count() or 2) + 1)
+        from captioner.features import default_workers
+        self.workers = workers or default_workers()
         self._pool = None
 
     def read(self, rows: np.ndarray) -> np.ndarray:

@@ -37,17 +37,18 @@ def photos(tmp_path):
 
 
 class Calls:
-    """Counts the images that go through one backbone, by any route (predict_on_batch, predict, __call__)."""
+    """Counts the calls of one backbone (`count`: one per batch; a short last batch is padded to a full one), by any
+    route (predict_on_batch, predict, __call__)."""
 
     def __init__(self, monkeypatch):
-        self.images, self.models, self.depth = 0, set(), 0
+        self.count, self.models, self.depth = 0, set(), 0
         calls = self
 
         def wrap(method):
             def counted(model, x, *args, **kwargs):
                 outermost = id(model) in calls.models and calls.depth == 0
-                if outermost:  # predict_on_batch calls __call__ inside: count the images once
-                    calls.images += int(x.shape[0])
+                if outermost:  # predict_on_batch calls __call__ inside: count the call once
+                    calls.count += 1
                 calls.depth += outermost
                 try:
                     return method(model, x, *args, **kwargs)
@@ -86,14 +87,14 @@ def test_cache_key_rebuilds_on_every_change_and_reuses_without_a_call(photos, tm
     root = tmp_path / "cache"
 
     def build(backbone, name="efficientnet_lite0", size=32, policy="stretch", paths=photos):
-        before = calls.images
+        before = calls.count
         cache = build_feature_cache(calls.watch(backbone), paths, backbone_name=name, image_size=(size, size),
                                     policy=policy, cache_root=root, batch_size=8, shard_size=8, verbose=1)
-        return cache, calls.images - before
+        return cache, calls.count - before
 
     lite = _backbone(weights="imagenet")
     first, n = build(lite)
-    assert n == 7 and len(first) == 7 and first.grid == (1, 1280)
+    assert n == 1 and len(first) == 7 and first.grid == (1, 1280)  # one batch of 7 (padded to 8)
     grids = first.read(np.arange(7))  # (7, 1, 1280)
     # The stored float16 grids are what the backbone computes on the decoded images.
     from captioner.images import load_images
@@ -109,27 +110,27 @@ def test_cache_key_rebuilds_on_every_change_and_reuses_without_a_call(photos, tm
     # Another network with the same grid shape, other weights of the same network, another size, another resize
     # policy, another image list: each one rebuilds.
     other_net, n = build(_backbone("mobilenet_v2"), name="mobilenet_v2")
-    assert n == 7 and other_net.folder != first.folder and other_net.grid == first.grid
+    assert n == 1 and other_net.folder != first.folder and other_net.grid == first.grid
     assert not np.allclose(other_net.read(np.arange(7)), grids)
 
     random, n = build(_backbone())
-    assert n == 7 and random.folder == first.folder and "weights" in capsys.readouterr().err
+    assert n == 1 and random.folder == first.folder and "weights" in capsys.readouterr().err
     assert not np.allclose(random.read(np.arange(7)), grids)
 
     imagenet, n = build(_backbone(weights="imagenet"))
-    assert n == 7 and np.array_equal(imagenet.read(np.arange(7)), grids)
+    assert n == 1 and np.array_equal(imagenet.read(np.arange(7)), grids)
 
     bigger, n = build(_backbone(weights="imagenet", size=64), size=64)
-    assert n == 7 and bigger.grid == (4, 1280)
+    assert n == 1 and bigger.grid == (4, 1280)
 
     cropped, n = build(_backbone(weights="imagenet"), policy="center_crop")
-    assert n == 7 and cropped.folder != first.folder
+    assert n == 1 and cropped.folder != first.folder
 
     Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(photos[2])  # same path, new content
     changed, n = build(_backbone(weights="imagenet"))
-    assert n == 7 and not np.allclose(changed.read(changed.rows(photos[2:3])), imagenet.read(imagenet.rows(photos[2:3])))
+    assert n == 1 and not np.allclose(changed.read(changed.rows(photos[2:3])), imagenet.read(imagenet.rows(photos[2:3])))
     fewer, n = build(_backbone(weights="imagenet"), paths=photos[:5])
-    assert n == 5 and len(fewer) == 5
+    assert n == 1 and len(fewer) == 5
 
 
 def test_interrupted_extraction_resumes_from_finished_shards(photos, tmp_path, monkeypatch):
@@ -141,8 +142,8 @@ def test_interrupted_extraction_resumes_from_finished_shards(photos, tmp_path, m
                   batch_size=2, shard_size=4, verbose=0)
     real_predict = features._predict
 
-    def killed_in_second_shard(model):  # the run is interrupted (Ctrl-C) at its third batch: rows 4..5
-        run, batches = real_predict(model), []
+    def killed_in_second_shard(model, batch_size=None):  # interrupted (Ctrl-C) at its third batch: rows 4..5
+        run, batches = real_predict(model, batch_size), []
 
         def predict(pixels):
             batches.append(len(pixels))
@@ -160,9 +161,9 @@ def test_interrupted_extraction_resumes_from_finished_shards(photos, tmp_path, m
         open_feature_cache(folder)
 
     monkeypatch.setattr(features, "_predict", real_predict)
-    before = calls.images
+    before = calls.count
     cache = build_feature_cache(backbone, photos, **kwargs)
-    assert calls.images - before == 3  # only the second shard: rows 4..6
+    assert calls.count - before == 2  # only the second shard: rows 4..5 and 6 (all 7 rows would take 4 batches)
     assert json.loads((folder / "manifest.json").read_text())["complete"] is True
     from captioner.images import load_images
     pixels, _ = load_images(photos, 32)
@@ -256,7 +257,7 @@ def test_vqa_on_a_frozen_backbone_reads_the_cache_captions_share(tmp_path, monke
     tiny = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=2, batch_size=4, embed=8,
                 units=8, verbose=0, cache_dir=tmp_path / "cache")
     first = train_vqa(data, str(tmp_path / "vqa1"), **tiny)
-    assert calls.images == 3  # the train and val images, once each: no call in either epoch or in validation
+    assert calls.count == 1  # the 3 train and val images, in one batch: no call in either epoch or in validation
     assert first["epochs"] == 2 and first["feature_cache"]
 
     # The model folder answers from images (its backbone is inside), like any other.
@@ -265,7 +266,7 @@ def test_vqa_on_a_frozen_backbone_reads_the_cache_captions_share(tmp_path, monke
     loaded = load_model_dir(str(tmp_path / "vqa1"), task="vqa")
     image = os.path.join(ROOT, "tests", "fixtures", "vqa_v2", "train2014", "COCO_train2014_000000000009.jpg")
     assert isinstance(answer_questions(loaded, image, ["what animal is this"])[0]["answer"], str)
-    assert calls.images == 4  # answering calls the backbone on its one image
+    assert calls.count == 2  # answering calls the backbone on its image
 
     # Captions on the same image set (train + val) share the cache.
     rows = [json.loads(line) for line in open(data)]
@@ -275,7 +276,7 @@ def test_vqa_on_a_frozen_backbone_reads_the_cache_captions_share(tmp_path, monke
                                 for i, r in enumerate(rows) if r["split"] in ("train", "val")))
     summary = train_captioner(str(captions), str(tmp_path / "cap"), epochs=1, units=8, embed=8, attention_dim=8,
                               **{k: v for k, v in tiny.items() if k not in ("epochs", "units", "embed")})
-    assert calls.images == 4 and summary["feature_cache"] == first["feature_cache"]
+    assert calls.count == 2 and summary["feature_cache"] == first["feature_cache"]
     assert summary["min_count"] == 1  # few captions: every word is kept by default
 
     # From MIN_COUNT_5_CAPTIONS training captions on, the default is Karpathy's 5 (here: no word is left).
