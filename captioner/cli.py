@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "greedy captions, and stop early on it (default loss)")
     p.add_argument("--scst", action="store_true",
                    help="self-critical training (CIDEr-D reward) of the caption model given by --init; writes --out")
-    p.add_argument("--init", default=None, metavar="MODEL_DIR", help="SCST: the XE-trained caption model to start from")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR", help="SCST: the XE-trained caption model to start from (default: none; needed with --scst)")
     p.add_argument("--samples", type=int, default=5, help="SCST: captions sampled per image (default 5)")
     p.add_argument("--temperature", type=float, default=1.0, help="SCST: sampling temperature (default 1.0)")
     p.add_argument("--hops", type=int, default=2, help="VQA: stacked attention hops")

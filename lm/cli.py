@@ -83,7 +83,8 @@ def add_accel_flags(p: argparse.ArgumentParser) -> None:
 
 def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
-                tie=a.tie, links=a.links, init_embeddings=a.init_embeddings, epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
+                tie=a.tie, links=a.links, init_embeddings=a.init_embeddings, epochs=a.epochs, batch_size=a.batch_size,
+                bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
                 time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute,
                 resume=a.resume, overwrite=a.overwrite)
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None,
                    help="comma-separated fresh models: rnn, gru, lstm, each optionally *SCALE to multiply its "
                         "recurrent kernel (quote it: 'rnn*3' is the exploding case) (default rnn,gru,lstm)")
-    p.add_argument("--model", default=None, help="a trained model folder instead of fresh models")
+    p.add_argument("--model", default=None, help="a trained model folder instead of fresh models (default: fresh models)")
     p.add_argument("--steps", type=int, default=50, help="T: how many steps back (default 50)")
     p.add_argument("--clip", type=float, default=0.0,
                    help="clip the gradient flowing back through each step to this norm per sequence, as gradient "
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=64, help="text windows to average over (default 64)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per backward pass (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh models (default 0)")
-    p.add_argument("--out", default=None, metavar="PNG", help="write the plot here (log scale; needs matplotlib)")
+    p.add_argument("--out", default=None, metavar="PNG", help="write the plot here (log scale; needs matplotlib) (default: no plot)")
     p.add_argument("--json", action="store_true",
                    help='print {"ENTRY": {"t": [..], "grad_norm": [..], "grad_norm_by_layer": [[..]..]}, ...}')
 

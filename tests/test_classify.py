@@ -24,14 +24,15 @@ def test_class_names_are_the_imagenet_order():
 
 
 def test_classify_reads_the_weights_where_backbones_keeps_them(tmp_path, monkeypatch, capsys):
-    """With a weights file of our own in the cache folder (random weights: only the plumbing is checked), the top
-    labels are the most probable classes, named, in order; a bad image is one line and exit 2."""
+    """With our own file where captioner.backbones keeps the ImageNet weights (random weights: only the plumbing is
+    checked), the top labels are the most probable classes, named, in order; a bad image is one line and exit 2."""
+    import captioner.backbones as backbones
     import captioner.classify as classify
-    from captioner.backbones import build_efficientnet_lite0_classifier, efficientnet_lite0_weights_path
-    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path))
     monkeypatch.setattr(classify, "_MODEL", None)
-    model = build_efficientnet_lite0_classifier(None)
-    model.save_weights(str(efficientnet_lite0_weights_path()))
+    model = backbones.build_efficientnet_lite0_classifier(None)
+    weights = tmp_path / "lite0-random.weights.h5"
+    model.save_weights(str(weights))
+    monkeypatch.setattr(backbones, "efficientnet_lite0_imagenet_path", lambda: weights)
     import skimage.data
     from PIL import Image
     Image.fromarray(skimage.data.coffee()).save(tmp_path / "coffee.png")
@@ -54,10 +55,7 @@ def test_classify_reads_the_weights_where_backbones_keeps_them(tmp_path, monkeyp
 
 
 def test_classify_names_the_espresso_with_the_real_weights(capsys):
-    from captioner.backbones import _torch_lite0_available, efficientnet_lite0_weights_path
-    if not efficientnet_lite0_weights_path().is_file() and not _torch_lite0_available():
-        pytest.skip("EfficientNet-Lite0 ImageNet weights are not converted here (scripts/convert_efficientnet_lite0.py)")
-    import captioner.classify as classify
+    import captioner.classify as classify  # the ImageNet weights ship with the package: no skip
     classify._MODEL = None
     import skimage.data
     top = classify.classify([skimage.data.coffee()], top=3)[0]["labels"]

@@ -104,7 +104,7 @@ def test_train_refuses_flags_of_the_other_task(tmp_path, capsys):
     from captioner.scenes import generate_scenes
     scenes = generate_scenes(tmp_path / "scenes", 12, seed=5)
     out = tmp_path / "never-written"
-    for data, flag, task in ((scenes["vqa"], ["--cache-dir", tmp_path], "vqa"),
+    for data, flag, task in ((scenes["vqa"], ["--max-length", "5"], "vqa"),
                              (scenes["vqa"], ["--no-attention"], "vqa"),
                              (scenes["vqa"], ["--init-from-lm", tmp_path], "vqa"),
                              (scenes["dataset"], ["--hops", "3"], "caption"),
