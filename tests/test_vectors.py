@@ -149,4 +149,4 @@ def test_captioner_train_init_embeddings_glove(glove_dir, tmp_path, monkeypatch,
     np.testing.assert_array_equal(matrix[loaded.vocab.stoi["the"]], load_glove(glove_dir).vector("the"))
     assert captioner_cli.main(["train", os.path.join(fixtures, "vqa.jsonl"), "--out", str(tmp_path / "vqa"),
                                "--init-embeddings", "glove"]) == 2
-    assert "caption training only" in capsys.readouterr().err
+    assert "does not apply to vqa training" in capsys.readouterr().err
