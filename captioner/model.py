@@ -127,8 +127,10 @@ def caption_files(loaded: LoadedCaptioner, sources, beam_width: int = 3, max_len
             # ids that decode() drops (<pad>, <bos>, which an undertrained model can emit) go with them, so the
             # maps stay aligned with the words.
             ids = [int(w) for w in words[i]]
-            end = ids.index(3) if 3 in ids else len(ids)
-            rows = [t for t in range(end) if ids[t] not in (0, 2)] + ([end] if end < len(ids) else [])
+            vocab = loaded.vocab
+            end = ids.index(vocab.eos_id) if vocab.eos_id in ids else len(ids)
+            rows = [t for t in range(end) if ids[t] not in (vocab.pad_id, vocab.bos_id)]
+            rows += [end] if end < len(ids) else []
             attention = alphas[i, rows].reshape(len(rows), grid_h, grid_w)
             results.append({"image": name, "caption": " ".join(tokens), "score": float(scores[i]),
                             "words": tokens, "attention": attention})
