@@ -247,12 +247,16 @@ def main(argv=None) -> int:
         budget = f"XE model given ({args.xe_model})"
     log(args, f"== backend {keras.backend.backend()}; budget per XE model: {budget}; models in {out}")
     results = {}
+
+    def report(check) -> dict:  # what --json prints, for the XE/SCST comparison and the attention ablation alike
+        return {"config": {k: v for k, v in vars(args).items() if k not in ("json",)},
+                "backend": keras.backend.backend(), "results": results, "acceptance": check,
+                "total_seconds": round(time.perf_counter() - start, 1)}
+
     if args.scst:
         results = run_scst(args, dataset, out)
         check = scst_acceptance(results)
-        payload = {"config": {k: v for k, v in vars(args).items() if k not in ("json",)},
-                   "backend": keras.backend.backend(), "results": results, "acceptance": check,
-                   "total_seconds": round(time.perf_counter() - start, 1)}
+        payload = report(check)
         if args.json:
             print(json.dumps(payload))
             return 0
@@ -275,9 +279,7 @@ def main(argv=None) -> int:
                   f"test BLEU-4 {results[name]['test']['Bleu_4']:.3f} CIDEr {results[name]['test']['CIDEr']:.3f} "
                   f"exact {results[name]['test']['exact_match']:.3f}")
     check = acceptance(results)
-    payload = {"config": {k: v for k, v in vars(args).items() if k not in ("json",)},
-               "backend": keras.backend.backend(), "results": results, "acceptance": check,
-               "total_seconds": round(time.perf_counter() - start, 1)}
+    payload = report(check)
     if args.json:
         print(json.dumps(payload))
     else:
