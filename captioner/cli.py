@@ -500,7 +500,7 @@ def _train_scst(a, task, verbose, given) -> int:
     summary = train_scst(a.data, a.init, a.out, image_root=a.image_root, samples=a.samples,
                          temperature=a.temperature, max_length=a.max_length, train_split=a.split_train,
                          val_split=a.split_val, seed=a.seed, verbose=verbose, time_budget=a.time_budget,
-                         patience=a.patience or 3, clipnorm=5.0 if a.clipnorm is None else a.clipnorm,
+                         patience=a.patience or 3, clipnorm=5.0 if a.clipnorm is None else a.clipnorm, jit=a.jit,
                          **given(("epochs", a.epochs), ("batch_size", a.batch_size), ("lr", a.lr)))
     print(json.dumps(summary) if a.json else f"wrote {a.out} (SCST from {a.init}, {summary['train_seconds']} s, "
                                               f"best epoch {summary['best_epoch']})")

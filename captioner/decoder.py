@@ -264,7 +264,8 @@ class CaptionDecoder(keras.Model):
             return greedy_search(step, states, static, batch, max_length, start_id, end_id, early_exit=early_exit,
                                  length_penalty=length_penalty, min_length=min_length, block_repeats=block_repeats)
         if method == "sample":
-            return sample_search(step, states, static, batch, max_length, start_id, end_id, temperature, seed)
+            return sample_search(step, states, static, batch, max_length, start_id, end_id, temperature, seed,
+                                 length_penalty=length_penalty)
         raise ValueError(f"unknown search method {method!r}")
 
     def get_config(self):

@@ -73,8 +73,12 @@ class ValidationCider(keras.callbacks.Callback):
             out += [self.vocab.decode(row) for row in keras.ops.convert_to_numpy(words)]
         return out
 
+    def value(self) -> float:
+        """The validation CIDEr-D of the model as it is now."""
+        return float(self.scorer.score(self.captions(), np.arange(len(self.inputs))).mean())
+
     def on_epoch_end(self, epoch, logs=None):
-        value = float(self.scorer.score(self.captions(), np.arange(len(self.inputs))).mean())
+        value = self.value()
         if logs is not None:
             logs["val_cider"] = value
         if self.verbose:

@@ -16,6 +16,8 @@
     devices, each process feeding its own shard (`auto_shard_dataset=False`); on CPUs the collectives go over
     gloo. TensorFlow: `TF_CONFIG` (cluster and task index) and `tf.distribute.MultiWorkerMirroredStrategy`.
   * `training_options(...)` / `@accelerated`: the two context managers around a whole training function.
+  * `host_call(function, shape, dtype, *args)`: a numpy function called from inside a compiled train step (SCST's
+    CIDEr-D reward): tf.numpy_function, jax.pure_callback or a plain call, the one backend switch for it.
 
 Stateful language models keep their carried state (lm.model) in variables of a fixed batch size, created by
 `carried_state_variable`: under JAX data parallelism those variables are sharded along the batch axis like the
@@ -34,6 +36,7 @@ import functools
 import inspect
 
 import keras
+import numpy as np
 
 from lm.errors import UserError
 
@@ -79,6 +82,31 @@ def jit_option(value="auto"):
             return False
         raise UserError(f"--jit must be auto, true or false, got {value!r}")
     return bool(value)
+
+
+# ---- host code inside a compiled step ---------------------------------------------------------------------------
+def host_call(function, shape, dtype, *args):
+    """`function(*numpy arrays) -> numpy array of (shape, dtype)` run on the host from inside traced code.
+
+    TensorFlow: `tf.numpy_function` (inside `tf.function`; not under XLA, so compile with jit_compile=False);
+    JAX: `jax.pure_callback` (inside `jit`; `shape` must be static); PyTorch (eager): a plain call. The result has
+    no gradient: pass integer inputs (or stop_gradient ones) and treat the output as a constant.
+
+    Example:
+        >>> rewards = host_call(lambda words: score(words), (batch,), "float32", words)  # (batch,)
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        out = tf.numpy_function(lambda *a: np.asarray(function(*a), dtype), list(args), dtype, stateful=True)
+        out.set_shape(shape)
+        return out
+    if backend == "jax":
+        import jax
+        return jax.pure_callback(lambda *a: np.asarray(function(*a), dtype), jax.ShapeDtypeStruct(shape, dtype),
+                                 *args)
+    out = function(*[keras.ops.convert_to_numpy(a) for a in args])
+    return keras.ops.convert_to_tensor(np.asarray(out, dtype))
 
 
 # ---- several devices -------------------------------------------------------------------------------------------

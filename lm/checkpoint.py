@@ -384,6 +384,8 @@ class BestEpoch(keras.callbacks.Callback):
         min_gain: relative improvement that counts as a gain (lm uses 0.001).
         patience, lr_decay, time_budget, start: see above (start: time.perf_counter() when training began).
         resume_model, resume_optimizer: the model whose variables and optimizer state the resume state holds.
+        baseline: a score the first kept epoch must beat (e.g. the starting model's, for fine-tuning); None: the
+            first finite score is kept.
         verbose: print one line per epoch.
 
     Example:
@@ -394,7 +396,7 @@ class BestEpoch(keras.callbacks.Callback):
 
     def __init__(self, out_dir, folder_files, score=None, monitor="val_loss", mode="min", min_gain=0.0,
                  patience=None, lr_decay=1.0, time_budget=None, start=None, resume_model=None,
-                 resume_optimizer=None, verbose=0):
+                 resume_optimizer=None, baseline=None, verbose=0):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be min or max, got {mode!r}")
@@ -404,6 +406,8 @@ class BestEpoch(keras.callbacks.Callback):
         self.time_budget, self.start = time_budget, start if start is not None else time.perf_counter()
         self.resume_model, self.resume_optimizer, self.verbose = resume_model, resume_optimizer, verbose
         self.best = math.inf if mode == "min" else -math.inf
+        if baseline is not None:
+            self.best = float(baseline)
         self.best_epoch, self.bad, self.history, self.saved, self.epochs_done = 0, 0, [], False, 0
         self.stopped = False  # a resumed run had already stopped (patience, time budget) before it was killed
 

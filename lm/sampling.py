@@ -263,8 +263,11 @@ def greedy_search(step_fn, states, static, batch_size, max_length, start_id, end
     return words, total / ops.power(ops.maximum(lengths, 1.0), float(length_penalty)), attention
 
 
-def sample_search(step_fn, states, static, batch_size, max_length, start_id, end_id, temperature=1.0, seed=None):
-    """Samples each next word from softmax(logits / temperature). Returns what `greedy_search` returns."""
+def sample_search(step_fn, states, static, batch_size, max_length, start_id, end_id, temperature=1.0, seed=None,
+                  length_penalty=1.0):
+    """Samples each next word from softmax(logits / temperature). Returns what `greedy_search` returns; the score
+    is the samples' `sum log p / length ** length_penalty` under the model itself (temperature 1), counting `<eos>`
+    (length_penalty 0: the summed log probability, differentiable, which self-critical training uses)."""
     generator = keras.random.SeedGenerator(seed) if not isinstance(seed, keras.random.SeedGenerator) else seed
     tokens = ops.full((batch_size,), start_id, dtype="int32")
     total, lengths = ops.zeros((batch_size,)), ops.zeros((batch_size,))
@@ -285,4 +288,4 @@ def sample_search(step_fn, states, static, batch_size, max_length, start_id, end
             extras.append(ops.cast(extra, "float32"))
         tokens = word
     attention = ops.stack(extras, axis=1) if extras else None
-    return ops.stack(words, axis=1), total / ops.maximum(lengths, 1.0), attention
+    return ops.stack(words, axis=1), total / ops.power(ops.maximum(lengths, 1.0), float(length_penalty)), attention

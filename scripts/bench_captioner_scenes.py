@@ -199,6 +199,7 @@ def run_scst(args, dataset: str, out: str) -> dict:
     results["XE+SCST"] = {"train_seconds": summary["train_seconds"],
                           "train_cpu_seconds": round(time.process_time() - cpu, 1), "epochs": summary["epochs"],
                           "best_epoch": summary["best_epoch"], "reward": summary["reward"],
+                          "epoch_seconds": summary["epoch_seconds"],
                           "val_cider": summary["val_cider"], "val_cider_xe": summary.get("val_cider_init"),
                           **score_model(args, dataset, scst_dir)}
     return results
@@ -264,7 +265,8 @@ def main(argv=None) -> int:
         print(format_table(results))
         r = results["XE+SCST"]
         print(f"\nSCST budget: {r['epochs']} epochs (best {r['best_epoch']}), {r['train_seconds']:.0f} s, "
-              f"{args.scst_batch} images x {args.samples} samples per step, lr {args.scst_lr}")
+              f"{args.scst_batch} images x {args.samples} samples per step, lr {args.scst_lr}; seconds per epoch "
+              f"(training + validation) {', '.join(f'{s:.0f}' for s in r['epoch_seconds'])}")
         print(f"XE + SCST vs XE (test): CIDEr-D {check['cider_relative_gain']:+.1%}, exact match "
               f"{check['exact_gain']:+.3f} -> {'PASS' if check['passed'] else 'FAIL'} (needs CIDEr-D >= +5% and "
               f"a higher exact match)")

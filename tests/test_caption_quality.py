@@ -52,25 +52,85 @@ def test_cider_d_equals_pycocoevalcap():
 
 # ---- SCST pieces ----------------------------------------------------------------------------------------------------
 def test_self_critical_advantages_use_the_other_samples():
-    from captioner.scst import cut_at_eos, scst_batch, self_critical_advantages
-    rewards = np.array([1.0, 2.0, 3.0, 0.5, 0.5, 2.0])  # two images, three samples each
-    adv = self_critical_advantages(rewards, 3)
-    np.testing.assert_allclose(adv, [1 - 2.5, 2 - 2.0, 3 - 1.5, 0.5 - 1.25, 0.5 - 1.25, 2 - 0.5])
-    np.testing.assert_allclose(adv.reshape(2, 3).sum(1) * 0, 0)
+    import keras
+    from captioner.scst import cut_at_eos, sampled_tokens, self_critical_advantages
+    rewards = np.array([1.0, 2.0, 3.0, 0.5, 0.5, 2.0], "float32")  # two images, three samples each
+    adv = keras.ops.convert_to_numpy(self_critical_advantages(rewards, 3))
+    np.testing.assert_allclose(adv, [1 - 2.5, 2 - 2.0, 3 - 1.5, 0.5 - 1.25, 0.5 - 1.25, 2 - 0.5], rtol=1e-6)
     assert cut_at_eos([5, 6, 3, 3, 3]) == [5, 6, 3] and cut_at_eos([5, 6]) == [5, 6]
-    tokens_in, tokens_out, weights = scst_batch([[5, 6, 3], [7, 3], [5, 6, 7, 8]], np.array([1.0, -2.0, 0.5]), 4)
-    np.testing.assert_array_equal(tokens_in, [[2, 5, 6, 0], [2, 7, 0, 0], [2, 5, 6, 7]])
-    np.testing.assert_array_equal(tokens_out, [[5, 6, 3, 0], [7, 3, 0, 0], [5, 6, 7, 8]])
-    # Keras averages weight * loss over all 12 cells; that must be the advantage-weighted mean over the 9 tokens.
-    nll = np.random.default_rng(0).random((3, 4))
-    mask = tokens_out != 0
-    expected = (nll * mask * np.array([1.0, -2.0, 0.5])[:, None]).sum() / mask.sum()
-    assert math.isclose((nll * weights).mean(), expected, rel_tol=1e-6)
+    # sample_search repeats <eos> after the end: the sampled tokens are those up to and including the first one.
+    mask = keras.ops.convert_to_numpy(sampled_tokens(np.array([[5, 6, 3, 3], [7, 3, 3, 3], [5, 6, 7, 8]]), 3))
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
 
 
-def run_scst_smoke(root):
-    """A random tiny captioner, SCST for one short epoch on 20 scenes: a model folder comes out, loads, differs from
-    the start, and the summary is sane. Returns the summary."""
+def _tiny_decoder(vocab_size=12, feature_dim=6, seed=0):
+    import keras
+    from captioner.decoder import CaptionDecoder
+    keras.utils.set_random_seed(seed)
+    decoder = CaptionDecoder(vocab_size, feature_dim, embed_dim=8, units=16, attention_dim=8, dropout=0.0)
+    decoder.build(((None, 4, feature_dim), (None, None)))
+    return decoder
+
+
+def _sequence_log_probs(decoder, features, words, eos_id=3, bos_id=2):
+    """Summed log p of each given sequence (up to its first <eos>) under the decoder's search step (the very
+    distribution sample_search draws from)."""
+    import keras
+    from captioner.scst import sampled_tokens
+    ops = keras.ops
+    features = ops.convert_to_tensor(features)
+    step = decoder._step_fn()
+    states = decoder.initial_states(features)[0]
+    static = [features, decoder.attention.project_features(features)]
+    tokens, total = ops.full((len(words),), bos_id, "int32"), 0.0
+    mask = ops.convert_to_numpy(sampled_tokens(words, eos_id))
+    for t in range(words.shape[1]):
+        log_probs, states, _ = step(tokens, states, static)
+        picked = np.take_along_axis(ops.convert_to_numpy(log_probs), words[:, t: t + 1].astype("int64"), 1)[:, 0]
+        total = total + picked * mask[:, t]
+        tokens = ops.convert_to_tensor(words[:, t], "int32")
+    return total
+
+
+def check_scst_gradient_direction():
+    """One SGD step of SelfCritical under fit, rewards 1 for the first of K = 3 samples and 0 for the others
+    (advantages +1, -0.5, -0.5): the first sample's log p must rise and the others' fall, and the logged loss is
+    -sum(advantage * log p) / sampled tokens with the weights before the step. Backend-neutral (also run in the
+    JAX and PyTorch children)."""
+    import keras
+    from captioner.scst import SelfCritical, sampled_tokens
+    decoder = _tiny_decoder()
+    seen = []
+
+    def reward(words, images):  # the first sample of each image wins
+        seen.append(np.array(words))
+        return (np.arange(len(words)) % 3 == 0).astype("float32")
+    trainee = SelfCritical(decoder, reward, samples=3, max_length=5, seed=4)
+    trainee.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=keras.backend.backend() == "jax")
+    before = [np.array(w) for w in decoder.get_weights()]
+    features = np.random.default_rng(1).normal(size=(1, 4, 6)).astype("float32")
+    history = trainee.fit(features, np.zeros((1,), "int32"), batch_size=1, epochs=1, verbose=0).history
+    words = seen[-1]  # (3, 5): what the step sampled
+    assert len({tuple(w) for w in words}) == 3, words  # three different captions (else the test says nothing)
+    feats = np.repeat(features, 3, axis=0)
+    after = _sequence_log_probs(decoder, feats, words)
+    decoder.set_weights(before)
+    start = _sequence_log_probs(decoder, feats, words)
+    assert after[0] > start[0] + 1e-3 and after[1] < start[1] - 1e-3 and after[2] < start[2] - 1e-3, (start, after)
+    tokens = keras.ops.convert_to_numpy(sampled_tokens(words)).sum()
+    expected = -(np.array([1.0, -0.5, -0.5]) * start).sum() / tokens
+    assert math.isclose(history["loss"][0], expected, rel_tol=1e-4), (history["loss"][0], expected)
+    assert math.isclose(history["reward"][0], 1 / 3, rel_tol=1e-6)
+    return {"start": start.tolist(), "after": after.tolist()}
+
+
+def test_scst_gradient_raises_the_log_prob_of_a_better_than_baseline_sample():
+    check_scst_gradient_direction()
+
+
+def run_scst_smoke(root, steps=2):
+    """A random tiny captioner, SCST under fit for one short epoch on 20 scenes: a model folder comes out, loads,
+    differs from the start when it beat it on validation, and the summary is sane. Returns the summary."""
     import keras
     from captioner.model import build_captioner, load_model_dir, save_model_dir
     from captioner.scenes import generate_scenes
@@ -85,29 +145,35 @@ def run_scst_smoke(root):
                              "decoder": {"embed_dim": 8, "units": 16, "attention_dim": 8, "dropout": 0.1}})
     save_model_dir(os.path.join(root, "xe"), "caption", model, vocab, {"max_length": 8})
     summary = train_scst(os.path.join(data, "dataset_scenes.json"), os.path.join(root, "xe"),
-                         os.path.join(root, "scst"), samples=3, epochs=1, batch_size=4, steps_per_epoch=2, lr=1e-2,
-                         verbose=0, patience=1, jit=False)
+                         os.path.join(root, "scst"), samples=3, epochs=1, batch_size=4, steps_per_epoch=steps,
+                         lr=1e-2, verbose=0, patience=1)
     before = load_model_dir(os.path.join(root, "xe")).model.decoder.get_weights()
     after_folder = load_model_dir(os.path.join(root, "scst"))
     assert after_folder.config["scst"]["samples"] == 3 and after_folder.config["max_length"] == 8
     assert after_folder.model.decoder.dropout == 0.1  # the config keeps the XE dropout
     assert summary["epochs"] == 1 and len(summary["reward"]) == 1 and np.isfinite(summary["reward"][0])
+    assert np.isfinite(summary["loss"][0]) and len(summary["epoch_seconds"]) == 1
     if summary["best_epoch"] == 1:  # SCST beat the start on validation: the folder holds new weights
+        assert summary["val_cider"][0] > summary["val_cider_init"]
         assert any(not np.allclose(a, b) for a, b in zip(before, after_folder.model.decoder.get_weights()))
     else:  # it did not: the folder holds the XE model unchanged
+        assert summary["val_cider"][0] <= summary["val_cider_init"]
         assert all(np.allclose(a, b) for a, b in zip(before, after_folder.model.decoder.get_weights()))
     return summary
 
 
-def test_scst_runs_and_writes_a_model_folder(tmp_path):
+def test_scst_runs_under_fit_and_writes_a_model_folder(tmp_path):
     run_scst_smoke(str(tmp_path))
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_scst_runs_on_other_backends(run_python, tmp_path, backend):
+    """JAX: two steps of the smoke run and the gradient check; PyTorch: one step and the gradient check."""
+    steps = 2 if backend == "jax" else 1
     code = ("import sys, json; sys.path.insert(0, 'tests'); import keras; "
             f"assert keras.backend.backend() == {backend!r}; import test_caption_quality as t; "
-            f"print(json.dumps(t.run_scst_smoke({str(tmp_path)!r})))")
+            "t.check_scst_gradient_direction(); "
+            f"print(json.dumps(t.run_scst_smoke({str(tmp_path)!r}, steps={steps})))")
     proc = run_python(code, backend, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert np.isfinite(json.loads(proc.stdout.strip().splitlines()[-1])["reward"][0])
