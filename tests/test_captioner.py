@@ -490,9 +490,9 @@ def test_best_epoch_divides_the_learning_rate_and_stops(tmp_path):
     from lm.checkpoint import BestEpoch
     model = keras.Sequential([keras.layers.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
-    checkpoint = BestEpoch(tmp_path, lambda: {"x": lambda p: open(p, "w").close()}, patience=2, lr_decay=4.0)
+    checkpoint = BestEpoch(tmp_path, lambda: {"x": lambda p: open(p, "w").close()}, patience=2, lr_decay=4.0,
+                           baseline=0.5)  # as if an earlier epoch (or the starting model) had reached 0.5
     checkpoint.set_model(model)
-    checkpoint.best = 0.5  # as if an earlier epoch had reached 0.5 (and been saved)
     checkpoint.on_epoch_end(0, {"val_loss": 0.7})
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(2.5e-3)
     assert not model.stop_training
