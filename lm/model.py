@@ -10,7 +10,8 @@ from lm.recurrent import RecurrentStack
 from lm.regularizers import EmbeddingDropout, LockedDropout
 
 # LanguageModel's AWD-LSTM constructor arguments (lm.regularizers), all 0 = off.
-REGULARIZER_ARGS = ("dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop", "ar", "tar")
+REGULARIZER_ARGS = ("dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop", "ar",
+                    "tar")
 
 
 @keras.saving.register_keras_serializable(package="lm")

@@ -133,6 +133,25 @@ def test_variable_length_stream_continues_every_row():
     assert abs(np.mean(draws[draws >= 52]) - 70) < 0.5 and abs(np.std(draws[draws >= 52]) - 5) < 0.5
 
 
+def test_variable_bptt_scales_each_batch_learning_rate():
+    from lm.training import SequenceLengthLR, _fit_input
+    ids = np.random.RandomState(0).randint(4, VOCAB_SIZE, 401).astype("int32")
+    batches = VariableLengthStream(ids, batch_size=4, bptt=20, seed=3)
+    model = LanguageModel(VOCAB_SIZE, units=4, stateful=True, batch_size=4)
+    model(ops.zeros((4, 2), "int32"))
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(np_(self.model.optimizer.learning_rate)))
+
+    model.fit(_fit_input(batches), epochs=1, shuffle=False, callbacks=[SequenceLengthLR(batches), Record()],
+              verbose=0)
+    assert seen == pytest.approx([0.1 * n / 20 for n in batches.lengths])  # lr x length / bptt, batch by batch
+    assert float(np_(model.optimizer.learning_rate)) == pytest.approx(0.1)  # the epoch's lr is put back
+
+
 def test_weight_average_ema_and_asgd():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
     steps = [np.full((2, 1), v, "float32") for v in (1.0, 3.0, 7.0)]
@@ -177,8 +196,8 @@ def test_saved_weights_are_the_average(tmp_path, monkeypatch):
     from lm.text import load_corpus
     splits = load_corpus(corpus)
     summary = lm.training.train_language_model(
-        {"train": splits["train"], "valid": splits["valid"]}, str(out), arch="lstm", units=8, embed=6, batch_size=4, bptt=5, epochs=2, lr=0.01, verbose=0,
-        average="ema", ema_decay=decay, patience=5)
+        {"train": splits["train"], "valid": splits["valid"]}, str(out), arch="lstm", units=8, embed=6, batch_size=4,
+        bptt=5, epochs=2, lr=0.01, verbose=0, average="ema", ema_decay=decay, patience=5)
     scores = [h["val_perplexity"] for h in summary["history"]]
     best = [e for e, s in enumerate(scores) if s == min(scores)][-1]
     ema = None
@@ -202,6 +221,7 @@ def test_lm_train_with_every_flag_then_load(tmp_path, capsys):
                               "--variable-bptt", "--average", "asgd", "--nonmono", "1", "--patience", "3"], capsys)
     assert rc == 0
     summary = json.loads(stdout)
+    assert summary["history"][0]["lr"] == pytest.approx(0.01)  # variable BPTT's per-batch lr does not leak out
     config = json.loads((out / "config.json").read_text())["model"]
     assert config["weight_drop"] == 0.3 and config["ar"] == 2.0 and config["dropout_embedding"] == 0.1
     rc, stdout, _ = run_main(["perplexity", os.path.join(corpus, "test.txt"), "--model", out, "--json"], capsys)
