@@ -117,6 +117,10 @@ class VariableLengthStream(keras.utils.PyDataset):
     (the carried state is then wrong for one cut, as at the cuts between rows). Over epochs every token is read
     equally often. Lengths depend only on (seed, epoch) (`set_epoch`, for --resume).
 
+    Cost: the batches are cut in NumPy (negligible). TensorFlow without XLA (its default on a CPU) traces the train
+    step once with an open time axis; JAX (and XLA) compile it once per distinct length, about 30 of them for
+    bptt 35, so the first epoch takes longer there.
+
     Example:
         >>> batches = VariableLengthStream(ids, batch_size=20, bptt=70)
         >>> x, y = batches[0]  # (20, length of batch 0); batches.lengths[0] that length

@@ -75,9 +75,10 @@ class RecurrentStack(layers.Layer):
         weight_drop: DropConnect rate on every layer's recurrent kernel, one mask per forward pass, in training only
             (AWD-LSTM's weight drop). Training then runs a keras.ops.scan over the same cell variables instead of
             the fused layer, which still serves inference (so the weights load into and equal a plain stack's).
-            Cost, measured on a PTB-sized 2x200 LSTM with batch 20 x bptt 35 on this CPU (TensorFlow, 2 cores): the
-            training step takes about 1.9x as long; on a GPU the loss of cuDNN costs more. Not for bidirectional
-            stacks.
+            Cost (scripts/bench_awd.py: 2x200 LSTM, 10k vocabulary, batch 20 x bptt 35, TensorFlow on a 2-core
+            CPU): about 1.0x the CPU time per training step, because Keras' LSTM on a CPU is itself a loop over
+            time and the softmax dominates; on a GPU it gives up cuDNN's fused kernel, which costs more (not
+            measured here). Not for bidirectional stacks.
 
     Example:
         >>> stack = RecurrentStack("lstm", units=8, num_layers=2, links="highway")
