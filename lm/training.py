@@ -95,8 +95,8 @@ def _check_awd_options(arch, mode, regularizers, variable_bptt, average, ema_dec
         raise UserError("--variable-bptt does not work with --distribute yet")
     if average not in ("none", "ema", "asgd"):
         raise UserError(f"unknown --average {average!r}: choose none, ema or asgd")
-    if average != "none" and arch == "ngram":
-        raise UserError("--average is for neural models, not ngram")
+    if average != "none" and arch not in RECURRENT_ARCHS:  # the window model validates its training weights
+        raise UserError(f"--average is for recurrent models (rnn, gru, lstm), not {arch}")
     if average == "ema" and not 0 <= ema_decay < 1:
         raise UserError("--ema-decay must be in [0, 1)")
     if average == "asgd" and (nonmono < 1 or (patience is not None and patience <= nonmono)):

@@ -234,7 +234,8 @@ def test_bad_awd_flags_are_one_line_errors(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus")
     for flags, words in ((["--weight-drop", "1.5"], "--weight-drop"), (["--arch", "ngram", "--ar", "1"], "--ar"),
                          (["--variable-bptt", "--mode", "sentence"], "--variable-bptt"),
-                         (["--average", "asgd"], "--patience")):
+                         (["--average", "asgd"], "--patience"),
+                         (["--arch", "window", "--average", "ema"], "--average")):
         rc, _, err = run_main(["train", corpus, "--out", tmp_path / "m", *flags], capsys)
         assert rc == 2 and words in err and len(err.strip().splitlines()) == 1
 
