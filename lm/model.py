@@ -35,14 +35,15 @@ class LanguageModel(keras.Model):
         batch_size: the fixed batch size of a stateful model.
         dropout_input, dropout_hidden, dropout_output: locked (variational) dropout, one mask per sequence shared
             over time (lm.regularizers.LockedDropout), on the embedded inputs, between recurrent layers and on the
-            last layer's output (AWD-LSTM's dropouti, dropouth, dropout); on top of `dropout`. No measurable cost.
+            last layer's output (AWD-LSTM's dropouti, dropouth, dropout); on top of `dropout`. About 1.02x the
+            time of a training step (scripts/bench_awd.py).
         dropout_embedding: drops whole words (embedding rows) per batch, scaling the rest by 1/(1-p) (AWD-LSTM's
-            dropoute; lm.regularizers.EmbeddingDropout). No measurable cost.
+            dropoute; lm.regularizers.EmbeddingDropout). About 1.03x a training step.
         weight_drop: DropConnect on the recurrent kernels (lm.recurrent.RecurrentStack): loses the fused kernel in
             training, see the cost there.
         ar, tar: activation regularisation alpha * mean(h^2) on the (dropped) last-layer outputs and temporal
             activation regularisation beta * mean((h_t - h_(t-1))^2) on the undropped ones, added as losses in
-            training (AWD-LSTM's alpha, beta). A few elementwise ops.
+            training (AWD-LSTM's alpha, beta). About 1.01x a training step.
         All of these act in training only, are 0 (off) by default and change no weights: a model trained with them
         loads into, and scores exactly as, the plain model of the same shape.
 

@@ -71,14 +71,14 @@ class RecurrentStack(layers.Layer):
         residual: the switch `links` replaced, still read from model folders written before it: True means
             links="residual", False links="none" (ignored when `links` is given).
         dropout_hidden: locked (variational) dropout between layers, one mask per sequence (AWD-LSTM's dropouth;
-            lm.regularizers.LockedDropout), on top of `dropout`. No measurable cost.
+            lm.regularizers.LockedDropout), on top of `dropout`. About 1.02x a training step.
         weight_drop: DropConnect rate on every layer's recurrent kernel, one mask per forward pass, in training only
             (AWD-LSTM's weight drop). Training then runs a keras.ops.scan over the same cell variables instead of
             the fused layer, which still serves inference (so the weights load into and equal a plain stack's).
             Cost (scripts/bench_awd.py: 2x200 LSTM, 10k vocabulary, batch 20 x bptt 35, TensorFlow on a 2-core
-            CPU): about 1.0x the CPU time per training step, because Keras' LSTM on a CPU is itself a loop over
-            time and the softmax dominates; on a GPU it gives up cuDNN's fused kernel, which costs more (not
-            measured here). Not for bidirectional stacks.
+            CPU): about 1.2x the wall time of a training step (1.1x its CPU time); little, because Keras' LSTM on
+            a CPU is itself a loop over time and the softmax dominates. On a GPU it gives up cuDNN's fused kernel,
+            which costs more (not measured here). Not for bidirectional stacks.
 
     Example:
         >>> stack = RecurrentStack("lstm", units=8, num_layers=2, links="highway")

@@ -4,17 +4,18 @@ Every piece acts in training only: at inference the model computes exactly what 
 computes (tests/test_lm_regularizers.py checks it per piece). All of them are off by default.
 
   * `LockedDropout` (variational dropout): one mask per sequence, the same at every time step (on the embedded inputs,
-    between layers, on the last layer's output). Costs a few elementwise ops: no measurable slowdown.
+    between layers, on the last layer's output). A few elementwise ops: ~1.02x a training step.
   * `EmbeddingDropout`: drops whole words (rows of the embedding matrix) for a batch, scaling the others by 1/(1-p).
-    One gather per batch: no measurable slowdown.
+    One gather per batch: ~1.03x a training step.
   * weight drop (`weight_dropped_sequence`): DropConnect on the recurrent (hidden-to-hidden) kernel, one mask per
     forward pass. Keras' fused LSTM/GRU/RNN layers cannot take a masked kernel, so in training the stack runs its own
     scan over the very same cell variables (the fused layer serves inference). This loses the fused kernel (cuDNN on
     a GPU; on a CPU Keras' LSTM is a loop over time anyway): see the measured cost in `RecurrentStack`'s docstring.
 
-Measured cost per training step (scripts/bench_awd.py; 2x200 LSTM, 10k vocabulary, batch 20 x 35, TensorFlow on this
-2-core CPU, CPU time of the process, under other jobs): every piece, and all of them together, within 0.94-1.05x of
-the plain model's step, i.e. within the noise of the measurement; the 10k-word softmax dominates the step.
+Measured wall time per training step relative to the plain model (scripts/bench_awd.py; 2x200 LSTM, 10k vocabulary,
+batch 20 x 35, TensorFlow on this 2-core CPU, 15 steps): locked dropout 1.02x, embedding dropout 1.03x, weight drop
+1.18x, AR/TAR 1.01x, the EMA 1.06x, all together 1.04x (the last ones within the noise); the 10k-word softmax
+dominates the step.
   * AR / TAR (activation and temporal activation regularisation): losses added by `LanguageModel` (its `ar`, `tar`).
   * `WeightAverage`: the weights used for validation and saved in the model folder are an average of the training
     iterates (an EMA, or NT-ASGD's uniform average started when validation stops improving); training goes on with
@@ -196,8 +197,8 @@ class WeightAverage(keras.callbacks.Callback):
 
     The raw weights train on; `apply(target)` writes the average into another model (the evaluation twin whose
     weights the best-epoch callback saves), by the same weight paths as lm.checkpoint.copy_weights. Cost: one
-    multiply-add per weight per step outside the compiled step (on JAX also a state sync per step); measured within
-    the noise (0.98x CPU time per step) on the PTB-sized model of scripts/bench_awd.py.
+    multiply-add per weight per step outside the compiled step (on JAX also a state sync per step); 1.06x the wall
+    time of a step on the PTB-sized model of scripts/bench_awd.py (TensorFlow, CPU).
     The average is not part of `--resume` state: a resumed run starts averaging afresh.
 
     Example:
