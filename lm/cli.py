@@ -55,7 +55,38 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after the epoch during which this many seconds have passed (default: no limit)")
+    _add_awd_flags(p)
     add_accel_flags(p)
+
+
+def _add_awd_flags(p: argparse.ArgumentParser) -> None:
+    """AWD-LSTM's regularisers (Merity et al. 2017; lm.regularizers): all off by default."""
+    g = p.add_argument_group("AWD-LSTM regularisers (recurrent models; training only, all off by default)")
+    g.add_argument("--dropout-input", type=float, default=0.0,
+                   help="locked (variational) dropout on the embedded inputs, one mask per sequence (default 0)")
+    g.add_argument("--dropout-hidden", type=float, default=0.0,
+                   help="locked dropout between recurrent layers (default 0)")
+    g.add_argument("--dropout-output", type=float, default=0.0,
+                   help="locked dropout on the last recurrent layer's output (default 0)")
+    g.add_argument("--dropout-embedding", type=float, default=0.0,
+                   help="drop whole words (embedding rows) per batch, scaling the rest by 1/(1-p) (default 0)")
+    g.add_argument("--weight-drop", type=float, default=0.0,
+                   help="DropConnect on the recurrent kernels, one mask per batch; training runs a scan instead "
+                        "of the fused LSTM/GRU layer (slower) (default 0)")
+    g.add_argument("--ar", type=float, default=0.0, metavar="ALPHA",
+                   help="activation regularisation: ALPHA * mean(h^2) of the dropped last-layer outputs (default 0)")
+    g.add_argument("--tar", type=float, default=0.0, metavar="BETA",
+                   help="temporal activation regularisation: BETA * mean((h_t - h_t-1)^2) (default 0)")
+    g.add_argument("--variable-bptt", action="store_true",
+                   help="stream mode: each batch's length is --bptt (p 0.95) or half of it, then N(that, 5), at "
+                        "least 5; its learning rate is scaled by length / --bptt (default off)")
+    g.add_argument("--average", default="none", choices=["none", "ema", "asgd"],
+                   help="validate and save averaged weights (training goes on with the raw ones): ema, or asgd "
+                        "(NT-ASGD: the mean of the iterates from when validation has not improved for --nonmono "
+                        "epochs; needs --patience above --nonmono) (default none)")
+    g.add_argument("--ema-decay", type=float, default=0.999, help="decay of --average ema per step (default 0.999)")
+    g.add_argument("--nonmono", type=int, default=5,
+                   help="--average asgd starts after this many epochs without gain (default 5)")
 
 
 def add_out_flags(p: argparse.ArgumentParser) -> None:
@@ -87,7 +118,10 @@ def _training_kwargs(a) -> dict:
                 bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
                 time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute,
-                resume=a.resume, overwrite=a.overwrite)
+                resume=a.resume, overwrite=a.overwrite, dropout_input=a.dropout_input,
+                dropout_hidden=a.dropout_hidden, dropout_output=a.dropout_output,
+                dropout_embedding=a.dropout_embedding, weight_drop=a.weight_drop, ar=a.ar, tar=a.tar,
+                variable_bptt=a.variable_bptt, average=a.average, ema_decay=a.ema_decay, nonmono=a.nonmono)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -101,3 +101,59 @@ class EpochOrder(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         for source in self.sources:
             source.set_epoch(epoch)
+
+
+class VariableLengthStream(keras.utils.PyDataset):
+    """Stream batches whose length varies per batch, as AWD-LSTM draws it (Merity et al. 2017, "variable BPTT"):
+    `bptt` with probability 0.95, else `bptt / 2`; then N(that, 5), rounded, clipped to >= 5 (and to
+    <= bptt + 40, AWD-LSTM's max_seq_len_delta). The trainer scales the learning rate of each batch by
+    `length / bptt` (lm.training.SequenceLengthLR), as AWD-LSTM does.
+
+    The stream is cut into `batch_size` contiguous rows as in `stream_batches`, and batch i+1 continues batch i along
+    every row, so a stateful model carries its (batch, units) state across batches of any length. What differs from
+    AWD-LSTM: Keras `fit` needs the same number of steps every epoch, so an epoch is always `row_len // bptt` batches
+    (the count of fixed-length batching); the lengths drawn then rarely sum to exactly one pass, so each row is read
+    as a ring: epoch e starts where epoch e-1 ended, and a batch that runs past the row's end continues at its start
+    (the carried state is then wrong for one cut, as at the cuts between rows). Over epochs every token is read
+    equally often. Lengths depend only on (seed, epoch) (`set_epoch`, for --resume).
+
+    Cost: the batches are cut in NumPy (negligible). TensorFlow without XLA (its default on a CPU) traces the train
+    step once with an open time axis; JAX (and XLA) compile it once per distinct length, about 30 of them for
+    bptt 35, so the first epoch takes longer there.
+
+    Example:
+        >>> batches = VariableLengthStream(ids, batch_size=20, bptt=70)
+        >>> x, y = batches[0]  # (20, length of batch 0); batches.lengths[0] that length
+    """
+
+    P_FULL, STD, MIN_LEN, MAX_DELTA = 0.95, 5.0, 5, 40
+
+    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, seed: int = 0):
+        super().__init__()
+        self.row_len = (len(ids) - 1) // batch_size
+        if self.row_len < bptt:
+            raise ValueError(f"text too short: {len(ids)} tokens for batch size {batch_size} x bptt {bptt}")
+        self.batch_size, self.bptt, self.seed = int(batch_size), int(bptt), int(seed)
+        self.rows_x = np.stack([ids[b * self.row_len: (b + 1) * self.row_len] for b in range(batch_size)])
+        self.rows_y = np.stack([ids[b * self.row_len + 1: (b + 1) * self.row_len + 1] for b in range(batch_size)])
+        self.steps = self.row_len // self.bptt
+        self.set_epoch(0)
+
+    def draw_lengths(self, epoch: int) -> np.ndarray:
+        """The `steps` sequence lengths of an epoch (AWD-LSTM's rule)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        base = np.where(rng.random(self.steps) < self.P_FULL, self.bptt, self.bptt / 2)
+        lengths = np.rint(rng.normal(base, self.STD)).astype("int64")
+        return np.clip(lengths, self.MIN_LEN, min(self.bptt + self.MAX_DELTA, self.row_len))
+
+    def set_epoch(self, epoch: int) -> None:
+        start = sum(int(self.draw_lengths(e).sum()) for e in range(epoch)) % self.row_len
+        self.lengths = self.draw_lengths(epoch)
+        self.starts = (start + np.cumsum(self.lengths) - self.lengths) % self.row_len
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, i):
+        columns = (self.starts[i] + np.arange(self.lengths[i])) % self.row_len
+        return self.rows_x[:, columns], self.rows_y[:, columns]  # (batch, length) each

@@ -7,6 +7,11 @@ from keras import layers, ops
 
 from lm.accel import carried_state_variable, read_state, write_state, zero_state
 from lm.recurrent import RecurrentStack
+from lm.regularizers import EmbeddingDropout, LockedDropout
+
+# LanguageModel's AWD-LSTM constructor arguments (lm.regularizers), all 0 = off.
+REGULARIZER_ARGS = ("dropout_input", "dropout_hidden", "dropout_output", "dropout_embedding", "weight_drop", "ar",
+                    "tar")
 
 
 @keras.saving.register_keras_serializable(package="lm")
@@ -28,6 +33,19 @@ class LanguageModel(keras.Model):
             needs `batch_size`. The states live in non-trainable variables that the model assigns itself, which
             works under `fit` on TensorFlow, JAX and PyTorch alike. Reset them with `reset_states()`.
         batch_size: the fixed batch size of a stateful model.
+        dropout_input, dropout_hidden, dropout_output: locked (variational) dropout, one mask per sequence shared
+            over time (lm.regularizers.LockedDropout), on the embedded inputs, between recurrent layers and on the
+            last layer's output (AWD-LSTM's dropouti, dropouth, dropout); on top of `dropout`. About 1.02x the
+            time of a training step (scripts/bench_awd.py).
+        dropout_embedding: drops whole words (embedding rows) per batch, scaling the rest by 1/(1-p) (AWD-LSTM's
+            dropoute; lm.regularizers.EmbeddingDropout). About 1.03x a training step.
+        weight_drop: DropConnect on the recurrent kernels (lm.recurrent.RecurrentStack): loses the fused kernel in
+            training, see the cost there.
+        ar, tar: activation regularisation alpha * mean(h^2) on the (dropped) last-layer outputs and temporal
+            activation regularisation beta * mean((h_t - h_(t-1))^2) on the undropped ones, added as losses in
+            training (AWD-LSTM's alpha, beta). About 1.01x a training step.
+        All of these act in training only, are 0 (off) by default and change no weights: a model trained with them
+        loads into, and scores exactly as, the plain model of the same shape.
 
     Example:
         >>> model = LanguageModel(vocab_size=100, units=32, num_layers=2, tie_weights=True)
@@ -35,7 +53,9 @@ class LanguageModel(keras.Model):
     """
 
     def __init__(self, vocab_size, cell_type="lstm", units=256, num_layers=1, embed_dim=None, dropout=0.0,
-                 tie_weights=False, links=None, stateful=False, batch_size=None, residual=None, **kwargs):
+                 tie_weights=False, links=None, stateful=False, batch_size=None, residual=None, dropout_input=0.0,
+                 dropout_hidden=0.0, dropout_output=0.0, dropout_embedding=0.0, weight_drop=0.0, ar=0.0, tar=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = int(vocab_size)
         self.cell_type = cell_type
@@ -48,12 +68,21 @@ class LanguageModel(keras.Model):
         self.batch_size = None if batch_size is None else int(batch_size)
         if self.stateful and not self.batch_size:
             raise ValueError("a stateful LanguageModel needs batch_size")
+        self.dropout_input, self.dropout_hidden = float(dropout_input), float(dropout_hidden)
+        self.dropout_output, self.dropout_embedding = float(dropout_output), float(dropout_embedding)
+        self.weight_drop, self.ar, self.tar = float(weight_drop), float(ar), float(tar)
         self.embedding = layers.Embedding(self.vocab_size, self.embed_dim, name="embedding")
         self.input_dropout = layers.Dropout(self.dropout)
         self.stack = RecurrentStack(cell_type, self.units, self.num_layers, dropout=self.dropout, links=links,
-                                    residual=residual, name="stack")
+                                    residual=residual, dropout_hidden=self.dropout_hidden,
+                                    weight_drop=self.weight_drop, name="stack")
         self.links = self.stack.links
         self.output_dropout = layers.Dropout(self.dropout)
+        # AWD-LSTM's pieces exist only when asked for (no extra RNG state in a plain model's variables).
+        self.word_dropout = (EmbeddingDropout(self.vocab_size, self.dropout_embedding, name="word_dropout")
+                             if self.dropout_embedding else None)
+        self.locked_input = LockedDropout(self.dropout_input, name="locked_input") if self.dropout_input else None
+        self.locked_output = LockedDropout(self.dropout_output, name="locked_output") if self.dropout_output else None
         if self.tie_weights:
             self.projection = (layers.Dense(self.embed_dim, name="projection")
                                if self.units != self.embed_dim else None)
@@ -92,10 +121,36 @@ class LanguageModel(keras.Model):
 
     def logits_and_states(self, tokens, states=None, training=False):
         """tokens (batch, time) int, states or None -> (logits (batch, time, vocab), new states per layer)."""
-        x = self.input_dropout(self.embedding(tokens), training=training)  # (batch, time, embed)
-        hidden, new_states = self.stack(x, initial_states=states, training=training, return_states=True)
-        hidden = self.output_dropout(hidden, training=training)  # (batch, time, units)
+        x = self.embedding(tokens)  # (batch, time, embed)
+        if self.word_dropout is not None:
+            x = self.word_dropout(x, tokens, training=training)
+        x = self.input_dropout(x, training=training)
+        if self.locked_input is not None:
+            x = self.locked_input(x, training=training)
+        raw, new_states = self.stack(x, initial_states=states, training=training, return_states=True)
+        hidden = self.output_dropout(raw, training=training)  # (batch, time, units)
+        if self.locked_output is not None:
+            hidden = self.locked_output(hidden, training=training)
+        if training and (self.ar or self.tar):
+            self.add_activation_losses(raw, hidden)
         return self.logits_from_hidden(hidden), new_states
+
+    def activation_losses(self, raw, dropped):
+        """AR and TAR (AWD-LSTM): alpha * mean(dropped^2) and beta * mean((raw_t - raw_(t-1))^2), float32 scalars.
+
+        raw: the last layer's outputs (batch, time, units); dropped: the same after output dropout.
+        """
+        ar = self.ar * ops.mean(ops.square(ops.cast(dropped, "float32")))
+        raw = ops.cast(raw, "float32")
+        tar = self.tar * ops.mean(ops.square(raw[:, 1:] - raw[:, :-1]))
+        return ar, tar
+
+    def add_activation_losses(self, raw, dropped):
+        ar, tar = self.activation_losses(raw, dropped)
+        if self.ar:
+            self.add_loss(ar)
+        if self.tar:
+            self.add_loss(tar)
 
     def step(self, tokens, states, training=False):
         """One time step, for decoding: tokens (batch,) int and states per layer ([h, c] for LSTM, as returned by
@@ -138,6 +193,8 @@ class LanguageModel(keras.Model):
                       num_layers=self.num_layers, embed_dim=self.embed_dim, dropout=self.dropout,
                       tie_weights=self.tie_weights, links=self.links, stateful=self.stateful,
                       batch_size=self.batch_size)
+        # The regularisers only when set: a plain model's config (and config.json) reads as before they existed.
+        config.update({k: getattr(self, k) for k in REGULARIZER_ARGS if getattr(self, k)})
         return config
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from lm.regularizers import LockedDropout, recurrent_kernel_mask, weight_dropped_sequence
+
 CELL_TYPES = ("rnn", "gru", "lstm")
 LINKS = ("none", "residual", "dense", "highway")
 _SEQUENCE_LAYERS = {"rnn": layers.SimpleRNN, "gru": layers.GRU, "lstm": layers.LSTM}
@@ -68,6 +70,15 @@ class RecurrentStack(layers.Layer):
         bidirectional: run every layer both ways and concatenate (encoders; `step()` is then unavailable).
         residual: the switch `links` replaced, still read from model folders written before it: True means
             links="residual", False links="none" (ignored when `links` is given).
+        dropout_hidden: locked (variational) dropout between layers, one mask per sequence (AWD-LSTM's dropouth;
+            lm.regularizers.LockedDropout), on top of `dropout`. About 1.02x a training step.
+        weight_drop: DropConnect rate on every layer's recurrent kernel, one mask per forward pass, in training only
+            (AWD-LSTM's weight drop). Training then runs a keras.ops.scan over the same cell variables instead of
+            the fused layer, which still serves inference (so the weights load into and equal a plain stack's).
+            Cost (scripts/bench_awd.py: 2x200 LSTM, 10k vocabulary, batch 20 x bptt 35, TensorFlow on a 2-core
+            CPU): about 1.2x the wall time of a training step (1.1x its CPU time); little, because Keras' LSTM on
+            a CPU is itself a loop over time and the softmax dominates. On a GPU it gives up cuDNN's fused kernel,
+            which costs more (not measured here). Not for bidirectional stacks.
 
     Example:
         >>> stack = RecurrentStack("lstm", units=8, num_layers=2, links="highway")
@@ -76,7 +87,7 @@ class RecurrentStack(layers.Layer):
     """
 
     def __init__(self, cell_type="lstm", units=256, num_layers=1, dropout=0.0, links=None, bidirectional=False,
-                 residual=None, **kwargs):
+                 residual=None, dropout_hidden=0.0, weight_drop=0.0, **kwargs):
         super().__init__(**kwargs)
         if links is None:
             links = "residual" if residual else "none"
@@ -98,6 +109,14 @@ class RecurrentStack(layers.Layer):
                 rnn = layers.Bidirectional(rnn, name=f"bi_{self.cell_type}_{i}")
             self.rnn_layers.append(rnn)
         self.between = layers.Dropout(self.dropout)
+        self.dropout_hidden = float(dropout_hidden)
+        self.weight_drop = float(weight_drop)
+        if not 0.0 <= self.weight_drop < 1.0:
+            raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop}")
+        if self.weight_drop and self.bidirectional:
+            raise ValueError("weight_drop is for unidirectional stacks")
+        self.locked_between = LockedDropout(self.dropout_hidden, name="locked_between") if self.dropout_hidden else None
+        self.weight_drop_seed = keras.random.SeedGenerator() if self.weight_drop else None
         self.output_dim = self.units * (2 if self.bidirectional else 1)
         # Highway gates of layers 2 and up (layer 1's input may differ in size; it never gets a link).
         self.gates = [layers.Dense(self.output_dim, activation="sigmoid", name=f"highway_{i}",
@@ -145,6 +164,8 @@ class RecurrentStack(layers.Layer):
             y = gate * y + (1.0 - gate) * x
         if index < self.num_layers - 1:
             y = self.between(y, training=training)
+            if self.locked_between is not None:
+                y = self.locked_between(y, training=training)
             if self.links == "dense":
                 return ops.concatenate([x, y], axis=-1)  # (..., input + (index + 1) * output_dim)
         return y
@@ -157,11 +178,24 @@ class RecurrentStack(layers.Layer):
             init = None if initial_states is None else initial_states[i]
             if self.bidirectional and init is not None:
                 init = list(init)
-            result = rnn(x, initial_state=init, mask=mask, training=training)
-            y, states = result[0], list(result[1:])  # y: (batch, time, output_dim)
+            if training and self.weight_drop:
+                y, states = self._weight_dropped(rnn, x, init, mask)
+            else:
+                result = rnn(x, initial_state=init, mask=mask, training=training)
+                y, states = result[0], list(result[1:])  # y: (batch, time, output_dim)
             final_states.append(states)
             x = self.link(i, x, y, training)
         return (x, final_states) if return_states else x
+
+    def _weight_dropped(self, rnn, x, init, mask):
+        """Training with weight drop: layer `rnn`'s cell scanned over x with a DropConnect-masked recurrent kernel."""
+        if mask is not None:
+            raise ValueError("weight_drop does not take a mask (stream or padded-sentence language-model batches)")
+        cell = rnn.cell
+        if init is None:
+            init = self.initial_states(ops.shape(x)[0], dtype=x.dtype)[0]
+        kernel_mask = recurrent_kernel_mask(cell, self.weight_drop, self.weight_drop_seed)
+        return weight_dropped_sequence(self.cell_type, cell, x, list(init), kernel_mask)
 
     def step(self, inputs, states, training=False):
         """One time step: inputs (batch, features), states as from `initial_states` -> (output, new_states).
@@ -184,4 +218,6 @@ class RecurrentStack(layers.Layer):
         config = super().get_config()
         config.update(cell_type=self.cell_type, units=self.units, num_layers=self.num_layers, dropout=self.dropout,
                       links=self.links, bidirectional=self.bidirectional)
+        # Only when set: the config of a stack without them reads as it did before they existed.
+        config.update({k: getattr(self, k) for k in ("dropout_hidden", "weight_drop") if getattr(self, k)})
         return config
