@@ -20,6 +20,8 @@ from lm.errors import UserError
 
 OOV_WARNING = 0.10  # warn when more than this share of the words is unknown to the model
 _PROSE_MARK = re.compile(r"^[\"'(\[]|[.,;:!?\"')\]]$")
+_PTB_TOKENS = {"<unk>", "N"}  # the Penn Treebank's unknown-word and number tokens
+_CLITIC = re.compile(r"^'[a-z]{1,2}$")  # 's 're 've 'll 'd 'm, split off as tokens in PTB-style text
 
 
 @dataclasses.dataclass
@@ -81,11 +83,14 @@ class PerplexityReport:
 
 
 def looks_like_prose(sentences) -> bool:
-    """True when many tokens of whitespace-split lines carry punctuation or capitals (raw prose, not PTB style)."""
+    """True when many tokens of whitespace-split lines carry punctuation or capitals (raw prose, not PTB style).
+
+    The Penn Treebank's own conventions do not count: `N` (its number token) and split-off clitics (`'s`, `'re`)."""
     tokens = [t for s in sentences for t in s][:20000]
     if not tokens:
         return False
-    marked = sum(1 for t in tokens if t != "<unk>" and (len(t) > 1 and _PROSE_MARK.search(t) or t[:1].isupper()))
+    marked = sum(1 for t in tokens if t not in _PTB_TOKENS and not _CLITIC.match(t)
+                 and (len(t) > 1 and _PROSE_MARK.search(t) or t[:1].isupper()))
     return marked / len(tokens) > 0.05
 
 
