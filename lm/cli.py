@@ -372,7 +372,7 @@ def cmd_compare(a) -> int:
     from lm.training import train_language_model
     from lm.published import published_rows
     splits = load_corpus(a.corpus)
-    benchmark, published = published_rows(a.corpus, a.published)
+    benchmark, published, comparable = published_rows(a.corpus, a.published)
     out = a.out or tempfile.mkdtemp(prefix="lm-compare-")
     rows = []
     for arch in [x.strip() for x in a.archs.split(",") if x.strip()]:
@@ -388,7 +388,8 @@ def cmd_compare(a) -> int:
                      "epochs": s.get("epochs")})
     if a.json:
         print(json.dumps([{**r, "published": False} for r in rows]
-                         + [{**r, "published": True, "benchmark": benchmark} for r in published]))
+                         + [{**r, "published": True, "benchmark": benchmark, "same_corpus": comparable}
+                            for r in published]))
     else:
         width = max([8] + [len(r["model"]) for r in published])
         print(f"\n{'model':{width}} {'valid ppl':>10} {'test ppl':>10} {'train s':>9} {'epochs':>7}")
@@ -397,7 +398,9 @@ def cmd_compare(a) -> int:
             print(f"{r['model']:{width}} {r['valid_perplexity']:10.2f} {test} {r['train_seconds']:9.1f} "
                   f"{r['epochs'] if r['epochs'] is not None else '-':>7}")
         if published:
-            print(f"published ({benchmark.upper()} test perplexity, from the papers; not run here):")
+            note = "" if comparable else f"; {corpus_name(a.corpus)} is not the canonical {benchmark.upper()}, " \
+                                         "so they are not comparable with the rows above"
+            print(f"published ({benchmark.upper()} test perplexity, from the papers; not run here{note}):")
             for r in published:
                 print(f"{r['model']:{width}} {'-':>10} {r['test_perplexity']:10.1f} {'-':>9} {'-':>7}  published")
         print(f"models in {out}")

@@ -57,13 +57,15 @@ def is_ptb(corpus) -> bool:
     return True
 
 
-def published_rows(corpus, which: str = "auto") -> tuple[str | None, list[dict]]:
-    """(benchmark name or None, its published rows) for `lm compare --published WHICH`: "auto" (the rows of the
-    benchmark `corpus` is, recognised by MD5), "none", or a benchmark name ("ptb") to print its rows regardless."""
+def published_rows(corpus, which: str = "auto") -> tuple[str | None, list[dict], bool]:
+    """(benchmark name or None, its published rows, whether `corpus` is that benchmark) for `lm compare --published
+    WHICH`: "auto" (the rows of the benchmark `corpus` is, recognised by MD5), "none", or a benchmark name ("ptb")
+    to print its rows regardless."""
     if which == "none":
-        return None, []
+        return None, [], False
+    same = is_ptb(corpus)
     if which == "auto":
-        which = "ptb" if is_ptb(corpus) else None
-        if which is None:
-            return None, []
-    return which, [dict(row) for row in PUBLISHED[which]]
+        if not same:
+            return None, [], False
+        which = "ptb"
+    return which, [dict(row) for row in PUBLISHED[which]], same

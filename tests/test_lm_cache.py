@@ -137,13 +137,14 @@ def test_compare_prints_the_published_rows_labelled_published(tmp_path, capsys, 
         write_text(corpus / f"{split}.txt", sentences(60 if split == "train" else 8, seed))
     args = ["compare", corpus, "--archs", "ngram", "--out", tmp_path / "cmp"]
     rc, out, _ = run_main(args, capsys)
-    assert rc == 0 and "published" not in out  # auto: not PTB
+    assert rc == 0 and "published (" not in out and not any(l.endswith("published") for l in out.splitlines())
     rc, out, _ = run_main(args + ["--published", "ptb"], capsys)
     lines = out.splitlines()
     for row in PUBLISHED["ptb"]:
         (line,) = [l for l in lines if l.startswith(row["model"])]
         assert f"{row['test_perplexity']:.1f}" in line and line.endswith("published")
     assert any(l.startswith("KN-5 ") and not l.endswith("published") for l in lines)  # ours, trained here
+    assert "corpus is not the canonical PTB, so they are not comparable" in out
     # auto recognises PTB by the MD5s of its three files: make this corpus's files "the canonical" ones
     import lm.published
     monkeypatch.setattr(lm.published, "PTB_MD5", {s: hashlib.md5((corpus / f"{s}.txt").read_bytes()).hexdigest()
@@ -152,6 +153,9 @@ def test_compare_prints_the_published_rows_labelled_published(tmp_path, capsys, 
     rows = json.loads(out)
     assert [r["published"] for r in rows] == [False] + [True] * len(PUBLISHED["ptb"])
     assert [r["test_perplexity"] for r in rows[1:]] == [141.2, 114.5, 82.7, 78.4, 57.3, 52.8]
+    assert all(r["same_corpus"] for r in rows[1:])
+    rc, out, _ = run_main(args + ["--published", "none"], capsys)
+    assert rc == 0 and "published (" not in out and not any(l.endswith("published") for l in out.splitlines())
 
 
 @pytest.mark.parametrize("flags,needle", [
