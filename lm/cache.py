@@ -32,7 +32,7 @@ from lm.errors import UserError
 
 DEFAULT_THETA = 0.3  # Grave et al.'s range for PTB-sized LSTMs; tune it (`lm tune-cache`)
 DEFAULT_LAMBDA = 0.1
-DEFAULT_TUNE_SIZE = 2000
+DEFAULT_TUNE_SIZES = (500, 1000, 2000)  # AWD-LSTM released a PTB cache of about 500 positions, WT-2 ~3,800
 DEFAULT_THETAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_LAMBDAS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 
@@ -158,7 +158,7 @@ def perplexity_with_cache(outputs: TextOutputs, size: int, theta: float, lam: fl
     return _perplexity(mixed_logp(outputs.logp, probs[0, 0], has_cache, lam))
 
 
-def tune(outputs: TextOutputs, sizes=(DEFAULT_TUNE_SIZE,), thetas=DEFAULT_THETAS, lambdas=DEFAULT_LAMBDAS) -> dict:
+def tune(outputs: TextOutputs, sizes=DEFAULT_TUNE_SIZES, thetas=DEFAULT_THETAS, lambdas=DEFAULT_LAMBDAS) -> dict:
     """Grid search on one model pass (tune on the validation split) -> {"perplexity_without_cache", "tokens",
     "grid": [{"size", "theta", "lambda", "perplexity"}, ...], "best": the grid row of lowest perplexity}."""
     probs, has_cache = cache_probabilities(outputs.hidden, outputs.targets, sizes, thetas)

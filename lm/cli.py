@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from lm.cache import DEFAULT_LAMBDA, DEFAULT_THETA, DEFAULT_THETAS, DEFAULT_LAMBDAS, DEFAULT_TUNE_SIZE
+from lm.cache import DEFAULT_LAMBDA, DEFAULT_LAMBDAS, DEFAULT_THETA, DEFAULT_THETAS, DEFAULT_TUNE_SIZES
 from lm.errors import UserError
 
 
@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "it on the test text. Tune on the validation split, never on the test split.")
     p.add_argument("file", metavar="VALID_FILE", help="PTB-style validation text (one tokenized sentence a line)")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
-    p.add_argument("--cache-size", default=str(DEFAULT_TUNE_SIZE), metavar="N[,N...]",
-                   help=f"cache size(s) to try (default {DEFAULT_TUNE_SIZE})")
+    p.add_argument("--cache-size", default=",".join(map(str, DEFAULT_TUNE_SIZES)), metavar="N[,N...]",
+                   help="cache sizes to try (default %(default)s)")
     p.add_argument("--thetas", default=",".join(f"{t:g}" for t in DEFAULT_THETAS), metavar="F,F,...",
                    help="thetas to try (default %(default)s)")
     p.add_argument("--lambdas", default=",".join(f"{t:g}" for t in DEFAULT_LAMBDAS), metavar="F,F,...",
