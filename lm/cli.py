@@ -2,7 +2,7 @@
 
   lm train CORPUS --out DIR [--arch ngram|window|rnn|gru|lstm] ...
   lm perplexity FILE [--model DIR] [--cache-size N --cache-theta F --cache-lambda F] [--json]
-  lm tune-cache VALID_FILE [--model DIR] [--cache-size N] [--thetas F,..] [--lambdas F,..] [--json]
+  lm tune-cache VALID_FILE [--model DIR] [--cache-size N,..] [--thetas F,..] [--lambdas F,..] [--json]
   lm generate [--model DIR] [--prompt TEXT] [--temperature F] [--top-k N] [--top-p F] [--max-tokens N] [--seed N]
   lm compare CORPUS [--published auto|ptb|none] [--json]
   lm export OUT_DIR [--model DIR]
