@@ -20,6 +20,8 @@ from lm.errors import UserError
 
 OOV_WARNING = 0.10  # warn when more than this share of the words is unknown to the model
 _PROSE_MARK = re.compile(r"^[\"'(\[]|[.,;:!?\"')\]]$")
+_PTB_TOKENS = {"<unk>", "N"}  # the Penn Treebank's unknown-word and number tokens
+_CLITIC = re.compile(r"^'[a-z]{1,2}$")  # 's 're 've 'll 'd 'm, split off as tokens in PTB-style text
 
 
 @dataclasses.dataclass
@@ -56,6 +58,7 @@ class PerplexityReport:
             the perplexity look better than the model's knowledge of the text.
         unknown_words: the most frequent unknown words (at most 10).
         looks_like_prose: the lines still carry punctuation or capitals, as raw prose does (read it as raw text).
+        cache: with a neural cache (lm.cache), {"size", "theta", "lambda", "perplexity_without_cache"}; else None.
     """
 
     perplexity: float
@@ -63,6 +66,7 @@ class PerplexityReport:
     oov_rate: float
     unknown_words: list
     looks_like_prose: bool = False
+    cache: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,11 +85,14 @@ class PerplexityReport:
 
 
 def looks_like_prose(sentences) -> bool:
-    """True when many tokens of whitespace-split lines carry punctuation or capitals (raw prose, not PTB style)."""
+    """True when many tokens of whitespace-split lines carry punctuation or capitals (raw prose, not PTB style).
+
+    The Penn Treebank's own conventions do not count: `N` (its number token) and split-off clitics (`'s`, `'re`)."""
     tokens = [t for s in sentences for t in s][:20000]
     if not tokens:
         return False
-    marked = sum(1 for t in tokens if t != "<unk>" and (len(t) > 1 and _PROSE_MARK.search(t) or t[:1].isupper()))
+    marked = sum(1 for t in tokens if t not in _PTB_TOKENS and not _CLITIC.match(t)
+                 and (len(t) > 1 and _PROSE_MARK.search(t) or t[:1].isupper()))
     return marked / len(tokens) > 0.05
 
 
@@ -142,9 +149,14 @@ class LanguageModel:
         text = " ".join(([prompt] if prompt else []) + new)
         return Generation(text, new, words, unknown)
 
-    def perplexity(self, text, raw: bool = False) -> PerplexityReport:
+    def perplexity(self, text, raw: bool = False, cache_size: int = 0, cache_theta: float | None = None,
+                   cache_lambda: float | None = None) -> PerplexityReport:
         """Perplexity of `text`: a string (one sentence a line, or prose with raw=True), a list of such lines, or
-        a list of token lists. Also reports the share of words the model does not know (`oov_rate`)."""
+        a list of token lists. Also reports the share of words the model does not know (`oov_rate`).
+
+        `cache_size` > 0 interpolates a recurrent model with a neural cache over the last `cache_size` positions
+        (lm.cache; theta and lambda default to lm.cache.DEFAULT_THETA / DEFAULT_LAMBDA; tune them with
+        `lm tune-cache`)."""
         from lm.text import split_sentences, tokenize
         if isinstance(text, str):
             lines = split_sentences(text) if raw else text.splitlines()
@@ -154,16 +166,29 @@ class LanguageModel:
             sentences = [tokenize(s) if isinstance(s, str) else list(s) for s in lines]
         else:
             sentences = [s.split() if isinstance(s, str) else list(s) for s in lines]
-        return self.score_sentences([s for s in sentences if s])
+        return self.score_sentences([s for s in sentences if s], cache_size, cache_theta, cache_lambda)
 
-    def score_sentences(self, sentences) -> PerplexityReport:
-        """PerplexityReport of token lists (what `lm perplexity` reads from a file)."""
+    def score_sentences(self, sentences, cache_size: int = 0, cache_theta: float | None = None,
+                        cache_lambda: float | None = None) -> PerplexityReport:
+        """PerplexityReport of token lists (what `lm perplexity` reads from a file), with a neural cache when
+        `cache_size` > 0 (see `perplexity`)."""
         import collections
+        from lm import cache as neural_cache
         from lm.inference import perplexity
+        theta = neural_cache.DEFAULT_THETA if cache_theta is None else float(cache_theta)
+        lam = neural_cache.DEFAULT_LAMBDA if cache_lambda is None else float(cache_lambda)
+        neural_cache.check_cache(cache_size, theta, lam)
         if not sentences:
             raise UserError("no text to score")
         words = [t for s in sentences for t in s]
         unknown = collections.Counter(t for t in words if t not in self.vocab)
-        ppl, tokens = perplexity(self.loaded, sentences)
+        cache = None
+        if cache_size:
+            outputs = neural_cache.text_outputs(self.loaded, sentences)
+            ppl, tokens = neural_cache.perplexity_with_cache(outputs, cache_size, theta, lam), len(outputs.targets)
+            cache = {"size": int(cache_size), "theta": theta, "lambda": lam,
+                     "perplexity_without_cache": outputs.plain_perplexity}
+        else:
+            ppl, tokens = perplexity(self.loaded, sentences)
         return PerplexityReport(float(ppl), int(tokens), sum(unknown.values()) / max(len(words), 1),
-                                [w for w, _ in unknown.most_common(10)], looks_like_prose(sentences))
+                                [w for w, _ in unknown.most_common(10)], looks_like_prose(sentences), cache)

@@ -1,9 +1,10 @@
 """`lm`: train, score, sample from and compare language models.
 
   lm train CORPUS --out DIR [--arch ngram|window|rnn|gru|lstm] ...
-  lm perplexity FILE [--model DIR] [--json]
+  lm perplexity FILE [--model DIR] [--cache-size N --cache-theta F --cache-lambda F] [--json]
+  lm tune-cache VALID_FILE [--model DIR] [--cache-size N,..] [--thetas F,..] [--lambdas F,..] [--json]
   lm generate [--model DIR] [--prompt TEXT] [--temperature F] [--top-k N] [--top-p F] [--max-tokens N] [--seed N]
-  lm compare CORPUS [--json]
+  lm compare CORPUS [--published auto|ptb|none] [--json]
   lm export OUT_DIR [--model DIR]
   lm neighbors WORD [--model DIR | --glove] [--k N]
   lm analogy A B C [--model DIR | --glove] [--k N]
@@ -24,6 +25,7 @@ import json
 import os
 import sys
 
+from lm.cache import DEFAULT_LAMBDA, DEFAULT_LAMBDAS, DEFAULT_THETA, DEFAULT_THETAS, DEFAULT_TUNE_SIZES
 from lm.errors import UserError
 
 
@@ -166,7 +168,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="PTB-style text (one tokenized sentence a line), or prose with --raw")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
     p.add_argument("--raw", action="store_true", help="the file is raw prose: tokenize and split into sentences")
-    p.add_argument("--json", action="store_true", help='print {"perplexity": ..., "tokens": ..., "oov_rate": ...}')
+    p.add_argument("--cache-size", type=int, default=0, metavar="N",
+                   help="neural cache (Grave et al. 2017) over the last N positions of the text, for recurrent "
+                        "models (default 0 = off)")
+    p.add_argument("--cache-theta", type=float, default=None, metavar="F",
+                   help=f"cache sharpness: p_cache(w) ~ sum exp(F h_t . h_i) over cached positions followed by w "
+                        f"(default {DEFAULT_THETA}; tune with `lm tune-cache`)")
+    p.add_argument("--cache-lambda", type=float, default=None, metavar="F",
+                   help=f"p = (1 - F) p_model + F p_cache, F in [0, 1] (default {DEFAULT_LAMBDA})")
+    p.add_argument("--json", action="store_true",
+                   help='print {"perplexity": ..., "tokens": ..., "oov_rate": ...} (and "cache": {"size", "theta", '
+                        '"lambda", "perplexity_without_cache"} with --cache-size)')
+
+    p = sub.add_parser("tune-cache", help="grid-search the neural cache's theta and lambda on a validation text",
+                       description="Runs a recurrent model over VALID_FILE once (the `lm perplexity` protocol), "
+                                   "then scores every (size, theta, lambda) of the grid with the neural cache "
+                                   "(Grave et al. 2017) and prints the best, with the `lm perplexity` flags to use "
+                                   "it on the test text. Tune on the validation split, never on the test split.")
+    p.add_argument("file", metavar="VALID_FILE", help="PTB-style validation text (one tokenized sentence a line)")
+    p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
+    p.add_argument("--cache-size", default=",".join(map(str, DEFAULT_TUNE_SIZES)), metavar="N[,N...]",
+                   help="cache sizes to try (default %(default)s)")
+    p.add_argument("--thetas", default=",".join(f"{t:g}" for t in DEFAULT_THETAS), metavar="F,F,...",
+                   help="thetas to try (default %(default)s)")
+    p.add_argument("--lambdas", default=",".join(f"{t:g}" for t in DEFAULT_LAMBDAS), metavar="F,F,...",
+                   help="lambdas to try (default %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"perplexity_without_cache", "tokens", "grid": [{"size", "theta", "lambda", '
+                        '"perplexity"}, ...], "best": {...}}')
 
     p = sub.add_parser("generate", help="sample text from a model")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
@@ -189,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, help="seconds per neural model (stops after the epoch; default: no limit)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--archs", default="ngram,window,rnn,gru,lstm", help="comma-separated subset")
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--published", default="auto", choices=["auto", "ptb", "none"],
+                   help="also print published test perplexities, labelled published: auto = when CORPUS is the "
+                        "canonical Penn Treebank (its train/valid/test.txt have the MD5s of Mikolov's ptb.*.txt, as "
+                        "scripts/get_ptb.py writes them), ptb = always, none = never (default auto)")
+    p.add_argument("--json", action="store_true",
+                   help='print the table as JSON: a list of rows, each with "published": true or false')
 
     p = sub.add_parser("gradients", help="gradient flow through time: ||dL_T/dh_(T-t)|| for t = 0..T, per model",
                        description="For windows of real text from CORPUS (its validation split), the norm of the "
@@ -269,25 +303,83 @@ def cmd_train(a) -> int:
     return 0
 
 
+def _read_text_file(path, raw: bool = False) -> list:
+    from lm.text import read_lines, read_raw_text
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; give a text file (e.g. {os.path.join(path, 'test.txt')})")
+    sentences = read_raw_text(path) if raw else read_lines(path)
+    if not sentences:
+        raise UserError(f"{path}: no text to score")
+    return sentences
+
+
 def cmd_perplexity(a) -> int:
     # Bad input is checked before anything imports Keras (seconds, and TensorFlow's start-up lines on stderr).
-    from lm.text import read_lines, read_raw_text
-    if os.path.isdir(a.file):
-        raise UserError(f"{a.file}: is a folder; give a text file (e.g. {os.path.join(a.file, 'test.txt')})")
-    sentences = read_raw_text(a.file) if a.raw else read_lines(a.file)
-    if not sentences:
-        raise UserError(f"{a.file}: no text to score")
+    from lm.cache import check_cache
+    theta = DEFAULT_THETA if a.cache_theta is None else a.cache_theta
+    lam = DEFAULT_LAMBDA if a.cache_lambda is None else a.cache_lambda
+    check_cache(a.cache_size, theta, lam)
+    if a.cache_size == 0 and (a.cache_theta is not None or a.cache_lambda is not None):
+        raise UserError("--cache-theta and --cache-lambda need --cache-size N > 0")
+    sentences = _read_text_file(a.file, a.raw)
     from lm.api import LanguageModel
-    report = LanguageModel.load(a.model).score_sentences(sentences)
+    report = LanguageModel.load(a.model).score_sentences(sentences, a.cache_size, theta, lam)
     if a.json:
-        print(json.dumps({"perplexity": report.perplexity, "tokens": report.tokens, "oov_rate": report.oov_rate}))
+        print(json.dumps({"perplexity": report.perplexity, "tokens": report.tokens, "oov_rate": report.oov_rate,
+                          **({"cache": report.cache} if report.cache else {})}))
     else:
         print(f"perplexity {report.perplexity:.2f} over {report.tokens} tokens "
               f"({report.oov_rate:.1%} of the words unknown to the model)")
+        if report.cache:
+            c = report.cache
+            print(f"with a neural cache of {c['size']} positions, theta {c['theta']:g}, lambda {c['lambda']:g}; "
+                  f"without it {c['perplexity_without_cache']:.2f}")
     for line in report.warnings():
         if a.raw and "--raw" in line:
             continue
         print(f"lm: warning: {line}", file=sys.stderr)
+    return 0
+
+
+def _number_list(flag: str, text: str, kind=float) -> list:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text}: give comma-separated numbers") from None
+    if not values:
+        raise UserError(f"{flag}: give at least one value")
+    return values
+
+
+def cmd_tune_cache(a) -> int:
+    from lm.cache import check_cache
+    sizes = _number_list("--cache-size", a.cache_size, int)
+    thetas, lambdas = _number_list("--thetas", a.thetas), _number_list("--lambdas", a.lambdas)
+    for size in sizes:
+        if size < 1:
+            raise UserError(f"--cache-size {size}: need a number of positions >= 1")
+        for theta in thetas:
+            for lam in lambdas:
+                check_cache(size, theta, lam)
+    sentences = _read_text_file(a.file)
+    from lm.cache import text_outputs, tune
+    from lm.checkpoint import load_model_dir
+    result = tune(text_outputs(load_model_dir(a.model), sentences), sizes, thetas, lambdas)
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['tokens']} tokens of {a.file}; perplexity without the cache {result['perplexity_without_cache']:.2f}")
+    for size in sizes:
+        print(f"\ncache size {size}: perplexity by theta (rows) and lambda (columns)")
+        print(f"{'theta':>7} " + " ".join(f"{lam:>8g}" for lam in lambdas))
+        for theta in thetas:
+            cells = [r["perplexity"] for r in result["grid"] if r["size"] == size and r["theta"] == theta]
+            print(f"{theta:>7g} " + " ".join(f"{p:8.2f}" for p in cells))
+    best = result["best"]
+    print(f"\nbest: size {best['size']}, theta {best['theta']:g}, lambda {best['lambda']:g}: perplexity "
+          f"{best['perplexity']:.2f}")
+    print(f"use: lm perplexity TEST_FILE{f' --model {a.model}' if a.model else ''} --cache-size {best['size']} "
+          f"--cache-theta {best['theta']:g} --cache-lambda {best['lambda']:g}")
     return 0
 
 
@@ -312,7 +404,9 @@ def cmd_compare(a) -> int:
     import tempfile
     from lm.text import load_corpus
     from lm.training import train_language_model
+    from lm.published import published_rows
     splits = load_corpus(a.corpus)
+    benchmark, published, comparable = published_rows(a.corpus, a.published)
     out = a.out or tempfile.mkdtemp(prefix="lm-compare-")
     rows = []
     for arch in [x.strip() for x in a.archs.split(",") if x.strip()]:
@@ -327,13 +421,22 @@ def cmd_compare(a) -> int:
                      "test_perplexity": s.get("test_perplexity"), "train_seconds": s["train_seconds"],
                      "epochs": s.get("epochs")})
     if a.json:
-        print(json.dumps(rows))
+        print(json.dumps([{**r, "published": False} for r in rows]
+                         + [{**r, "published": True, "benchmark": benchmark, "same_corpus": comparable}
+                            for r in published]))
     else:
-        print(f"\n{'model':8} {'valid ppl':>10} {'test ppl':>10} {'train s':>9} {'epochs':>7}")
+        width = max([8] + [len(r["model"]) for r in published])
+        print(f"\n{'model':{width}} {'valid ppl':>10} {'test ppl':>10} {'train s':>9} {'epochs':>7}")
         for r in rows:
             test = f"{r['test_perplexity']:10.2f}" if r["test_perplexity"] is not None else f"{'-':>10}"
-            print(f"{r['model']:8} {r['valid_perplexity']:10.2f} {test} {r['train_seconds']:9.1f} "
+            print(f"{r['model']:{width}} {r['valid_perplexity']:10.2f} {test} {r['train_seconds']:9.1f} "
                   f"{r['epochs'] if r['epochs'] is not None else '-':>7}")
+        if published:
+            note = "" if comparable else f"; {corpus_name(a.corpus)} is not the canonical {benchmark.upper()}, " \
+                                         "so they are not comparable with the rows above"
+            print(f"published ({benchmark.upper()} test perplexity, from the papers; not run here{note}):")
+            for r in published:
+                print(f"{r['model']:{width}} {'-':>10} {r['test_perplexity']:10.1f} {'-':>9} {'-':>7}  published")
         print(f"models in {out}")
     return 0
 
@@ -441,7 +544,8 @@ def cmd_export(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "perplexity": cmd_perplexity, "generate": cmd_generate, "compare": cmd_compare,
+COMMANDS = {"train": cmd_train, "perplexity": cmd_perplexity, "tune-cache": cmd_tune_cache,
+            "generate": cmd_generate, "compare": cmd_compare,
             "export": cmd_export, "gradients": cmd_gradients,
             "neighbors": cmd_neighbors, "analogy": cmd_analogy}
 
@@ -506,7 +610,7 @@ def _run_command(prog: str, commands: dict, args) -> int:
         return 1
 
 
-FAST_COMMANDS = ("generate", "perplexity")
+FAST_COMMANDS = ("generate", "perplexity", "tune-cache")
 
 
 def main(argv=None) -> int:

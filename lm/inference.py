@@ -30,28 +30,48 @@ def _log_softmax_np(logits: np.ndarray) -> np.ndarray:
     return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
 
 
+def target_logp(logits, targets) -> np.ndarray:
+    """log p(target) (float64, same shape as `targets`) from logits (..., vocab); `<pad>` targets included."""
+    logp = _log_softmax_np(_numpy(logits))  # (batch, time, vocab)
+    return np.take_along_axis(logp, targets[..., None].astype("int64"), axis=-1)[..., 0]
+
+
 def _target_nll(logits, targets) -> tuple[float, int]:
     """Sum of -log p(target) over non-pad targets, and how many there were."""
-    logp = _log_softmax_np(_numpy(logits))  # (batch, time, vocab)
-    picked = np.take_along_axis(logp, targets[..., None].astype("int64"), axis=-1)[..., 0]
+    picked = target_logp(logits, targets)
     mask = targets != 0
     return float(-(picked * mask).sum()), int(mask.sum())
 
 
-def recurrent_nll(model, rows: np.ndarray, chunk: int = 64) -> tuple[float, int]:
-    """Rows of ids (batch, width), `<pad>`-padded: predicts rows[:, 1:] from rows[:, :-1], carrying state."""
-    states, total, count = None, 0.0, 0
+def recurrent_chunks(model, rows: np.ndarray, chunk: int = 64, hidden: bool = False):
+    """Rows of ids (batch, width), `<pad>`-padded, run through a recurrent model `chunk` columns at a time, carrying
+    state: yields (targets (batch, n) = the next ids, logits (batch, n, vocab), hidden (batch, n, units) or None).
+    `hidden=True` also returns the top layer's outputs (LanguageModel.hidden_and_states; the neural cache)."""
+    states = None
     for start in range(0, rows.shape[1] - 1, chunk):
         x = rows[:, start: start + chunk]
         y = rows[:, start + 1: start + chunk + 1]
         x = x[:, : y.shape[1]]
-        logits, states = model.logits_and_states(x, states)
+        if hidden:
+            h, logits, states = model.hidden_and_states(x, states)
+        else:
+            (logits, states), h = model.logits_and_states(x, states), None
+        yield y, logits, h
+
+
+def recurrent_nll(model, rows: np.ndarray, chunk: int = 64) -> tuple[float, int]:
+    """Rows of ids (batch, width), `<pad>`-padded: predicts rows[:, 1:] from rows[:, :-1], carrying state."""
+    total, count = 0.0, 0
+    for y, logits, _ in recurrent_chunks(model, rows, chunk):
         nll, n = _target_nll(logits, y)
         total, count = total + nll, count + n
     return total, count
 
 
-def perplexity(loaded: LoadedModel, sentences, batch_rows: int = 32) -> tuple[float, int]:
+EVAL_ROWS = 32  # rows a text is cut into for stream-protocol scoring (lm.data.evaluation_rows)
+
+
+def perplexity(loaded: LoadedModel, sentences, batch_rows: int = EVAL_ROWS) -> tuple[float, int]:
     """Perplexity of `sentences` (token lists) under a loaded model -> (perplexity, tokens counted)."""
     sentences = [s for s in sentences if s]
     if loaded.arch == "ngram":

@@ -152,6 +152,14 @@ class LanguageModel(keras.Model):
         if self.tar:
             self.add_loss(tar)
 
+    def hidden_and_states(self, tokens, states=None):
+        """Inference: tokens (batch, time) int, states or None -> (hidden (batch, time, units), logits (batch, time,
+        vocab), new states per layer). `hidden` is the top recurrent layer's output, what the output layer reads
+        (before any projection); the neural cache (lm.cache) keys on it. Same numbers as `logits_and_states`."""
+        hidden, new_states = self.stack(self.embedding(tokens), initial_states=states, training=False,
+                                        return_states=True)
+        return hidden, self.logits_from_hidden(hidden), new_states
+
     def step(self, tokens, states, training=False):
         """One time step, for decoding: tokens (batch,) int and states per layer ([h, c] for LSTM, as returned by
         `logits_and_states` or `initial_states`) -> (logits (batch, vocab), new states).

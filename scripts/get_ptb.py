@@ -16,12 +16,9 @@ import hashlib
 import sys
 from pathlib import Path
 
-# MD5s of the canonical files (simple-examples/data/ptb.*.txt, as distributed by Mikolov).
-CANONICAL_MD5 = {
-    "train": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
-    "valid": "aa0affc06ff7c36e977d7cd49e3839bf",
-    "test": "8b80168b89c18661a38ef683c0dc3721",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing it
+
+from lm.published import PTB_MD5 as CANONICAL_MD5  # noqa: E402  (the one table, also used by `lm compare`)
 
 
 def canonical_text(split: str, text: str) -> str:
