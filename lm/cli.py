@@ -46,6 +46,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--bptt", type=int, default=35, help="truncated BPTT length in stream mode (default 35)")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    p.add_argument("--schedule", default="none", choices=["none", "cosine", "step"],
+                   help="learning-rate schedule over --epochs: none (divide the rate by 4 after an epoch without "
+                        "validation gain), cosine (decay to 0 at the last epoch) or step (halve it three times); "
+                        "a schedule replaces the plateau division")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warmup steps (batches)")
     p.add_argument("--clip", type=float, default=1.0, help="gradient clipping by global norm (default 1.0; 0 = off)")
     p.add_argument("--mode", default="stream", choices=["stream", "sentence"],
                    help="stream: stateful truncated BPTT over the text (PTB batching); sentence: each line alone")
@@ -84,7 +89,7 @@ def add_accel_flags(p: argparse.ArgumentParser) -> None:
 def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
                 tie=a.tie, links=a.links, init_embeddings=a.init_embeddings, epochs=a.epochs, batch_size=a.batch_size,
-                bptt=a.bptt, lr=a.lr, clip=a.clip, mode=a.mode,
+                bptt=a.bptt, lr=a.lr, schedule=a.schedule, warmup=a.warmup, clip=a.clip, mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
                 time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute,
                 resume=a.resume, overwrite=a.overwrite)

@@ -41,14 +41,16 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                          patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
                          time_budget: float | None = None, mixed_precision: bool = False, jit="auto",
                          distribute: bool = False, resume: bool = False, overwrite: bool = False,
-                         links: str = "none", init_embeddings: str = "random") -> dict:
+                         links: str = "none", init_embeddings: str = "random", schedule: str = "none",
+                         warmup: int = 0) -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
     (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's.
     An `out_dir` that holds a model is refused unless `overwrite` (train anew) or `resume` (continue the killed
     run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir).
     `links` joins stacked recurrent layers (none, residual, dense, highway: lm.recurrent); `init_embeddings="glove"`
-    starts the input embedding from GloVe (lm.vectors)."""
+    starts the input embedding from GloVe (lm.vectors). `schedule` ("cosine", "step") and `warmup` (steps) shape the
+    learning rate over `epochs` (lm.schedules.WarmupDecay) in place of the division by `lr_decay` on a plateau."""
     if arch not in ("ngram", "window") + RECURRENT_ARCHS:
         raise UserError(f"unknown --arch {arch!r}: choose ngram, window, rnn, gru or lstm")
     if init_embeddings not in ("random", "glove"):
@@ -58,6 +60,11 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
     from lm.recurrent import LINKS
     if links not in LINKS:
         raise UserError(f"unknown --links {links!r}: choose {', '.join(LINKS)}")
+    from lm.schedules import DECAYS
+    if schedule not in ("none",) + DECAYS:
+        raise UserError(f"unknown --schedule {schedule!r}: choose none, cosine or step")
+    if warmup < 0:
+        raise UserError("--warmup must be >= 0")
     if mode not in ("stream", "sentence"):
         raise UserError(f"unknown --mode {mode!r}: choose stream or sentence")
     resuming = check_out_dir(out_dir, resume, overwrite)
@@ -80,7 +87,6 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         loaded = LoadedModel("ngram", model, vocab, extra)
     else:
         keras.utils.set_random_seed(seed)
-        optimizer = keras.optimizers.Adam(learning_rate=lr, global_clipnorm=clip or None)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
         if arch == "window":
             context = order - 1
@@ -114,6 +120,10 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                 print(report, flush=True)
         if distribute and len(x) > batch_size:  # equal shards on every device: no ragged last batch
             x, y = x[: len(x) - len(x) % batch_size], y[: len(y) - len(y) % batch_size]
+        from lm.schedules import make_learning_rate
+        steps_per_epoch = math.ceil(len(x) / batch_size)  # what fit runs per epoch
+        learning_rate = make_learning_rate(lr, schedule, epochs * steps_per_epoch, warmup)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clip or None)
         model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_option(jit))
         valid = splits["valid"]
 
@@ -123,7 +133,7 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
 
         validation = BestEpoch(out_dir, lambda: model_files(arch, eval_model, vocab, extra),
                                score=valid_perplexity, monitor="val_perplexity", min_gain=1e-3, patience=patience,
-                               lr_decay=lr_decay, time_budget=time_budget, start=start, resume_model=model,
+                               lr_decay=lr_decay if isinstance(learning_rate, float) else 1.0, time_budget=time_budget, start=start, resume_model=model,
                                resume_optimizer=model.optimizer, verbose=verbose)
         done = validation.resume() if resuming else 0
         if done < epochs and not validation.stopped:

@@ -416,3 +416,19 @@ def test_cli_raw_text_corpus_and_compare(tmp_path, capsys):
     rc, stdout, _ = run_main(["compare", prose, "--archs", "ngram", "--out", tmp_path / "cmp", "--json"], capsys)
     (row,) = json.loads(stdout)
     assert rc == 0 and row["model"] == "KN-5" and row["test_perplexity"] > 1
+
+
+def test_cosine_schedule_decays_the_rate_over_the_epochs(corpus, tmp_path):
+    """`--schedule cosine`: the rate each epoch ends with follows the cosine over all steps of --epochs (reaching 0
+    at the last one), in place of the plateau division; `--warmup` must be >= 0."""
+    from lm.text import load_corpus
+    from lm.training import train_language_model
+    splits = load_corpus(corpus)
+    summary = train_language_model(splits, str(tmp_path / "m"), arch="lstm", units=8, epochs=3, batch_size=4,
+                                   bptt=5, lr=0.01, schedule="cosine", patience=None, verbose=0)
+    rates = [h["lr"] for h in summary["history"]]
+    assert len(rates) == 3 and rates[0] > rates[1] > rates[2] and rates[2] < 1e-6
+    # After one of three epochs the cosine stands at (1 + cos(pi / 3)) / 2 = 0.75 of the peak.
+    assert abs(rates[0] - 0.0075) < 2e-4
+    with pytest.raises(UserError, match="warmup"):
+        train_language_model(splits, str(tmp_path / "x"), arch="lstm", warmup=-1)
