@@ -36,6 +36,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed", type=int, default=None, help="embedding size (default: --units)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate (default 0)")
     p.add_argument("--tie", action="store_true", help="tie input embedding and output weights")
+    p.add_argument("--adaptive-softmax", default="", metavar="CUTOFFS",
+                   help="adaptive softmax (Grave et al. 2017): comma-separated id cutoffs, e.g. 2000 (the 2000 most "
+                        "frequent ids in the head, the rest in a cluster scored through a 4x smaller projection): "
+                        "about 2x faster training on PTB on a CPU; exact log-probabilities at evaluation "
+                        "(default: full softmax)")
     p.add_argument("--links", default="none", choices=["none", "residual", "dense", "highway"],
                    help="links across stacked recurrent layers: residual (add the layer's input), dense (each "
                         "layer reads all lower outputs), highway (gated carry) (default none)")
@@ -88,7 +93,7 @@ def add_accel_flags(p: argparse.ArgumentParser) -> None:
 
 def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
-                tie=a.tie, links=a.links, init_embeddings=a.init_embeddings, epochs=a.epochs, batch_size=a.batch_size,
+                tie=a.tie, adaptive_softmax=a.adaptive_softmax, links=a.links, init_embeddings=a.init_embeddings, epochs=a.epochs, batch_size=a.batch_size,
                 bptt=a.bptt, lr=a.lr, schedule=a.schedule, warmup=a.warmup, clip=a.clip, mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
                 time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute,

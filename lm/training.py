@@ -42,7 +42,7 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                          time_budget: float | None = None, mixed_precision: bool = False, jit="auto",
                          distribute: bool = False, resume: bool = False, overwrite: bool = False,
                          links: str = "none", init_embeddings: str = "random", schedule: str = "none",
-                         warmup: int = 0) -> dict:
+                         warmup: int = 0, adaptive_softmax: str = "") -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
     (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's.
@@ -50,7 +50,8 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
     run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir).
     `links` joins stacked recurrent layers (none, residual, dense, highway: lm.recurrent); `init_embeddings="glove"`
     starts the input embedding from GloVe (lm.vectors). `schedule` ("cosine", "step") and `warmup` (steps) shape the
-    learning rate over `epochs` (lm.schedules.WarmupDecay) in place of the division by `lr_decay` on a plateau."""
+    learning rate over `epochs` (lm.schedules.WarmupDecay) in place of the division by `lr_decay` on a plateau.
+    `adaptive_softmax` ("2000" or "2000,6000") gives the recurrent model an adaptive softmax with those id cutoffs."""
     if arch not in ("ngram", "window") + RECURRENT_ARCHS:
         raise UserError(f"unknown --arch {arch!r}: choose ngram, window, rnn, gru or lstm")
     if init_embeddings not in ("random", "glove"):
@@ -65,6 +66,12 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         raise UserError(f"unknown --schedule {schedule!r}: choose none, cosine or step")
     if warmup < 0:
         raise UserError("--warmup must be >= 0")
+    try:
+        cutoffs = tuple(int(c) for c in str(adaptive_softmax or "").split(",") if c.strip())
+    except ValueError:
+        raise UserError(f"--adaptive-softmax takes comma-separated ids such as 2000, got {adaptive_softmax!r}")
+    if cutoffs and arch not in ("rnn", "gru", "lstm"):
+        raise UserError("--adaptive-softmax is for the recurrent models (rnn, gru, lstm)")
     if mode not in ("stream", "sentence"):
         raise UserError(f"unknown --mode {mode!r}: choose stream or sentence")
     resuming = check_out_dir(out_dir, resume, overwrite)
@@ -73,6 +80,9 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
     vocab = Vocabulary.build(splits["train"], min_count=min_count, max_size=max_vocab)
     if len(vocab) <= 4:
         raise UserError("the training text has no words")
+    if cutoffs and not all(a < b for a, b in zip((0,) + cutoffs, cutoffs + (len(vocab),))):
+        raise UserError(f"--adaptive-softmax cutoffs must rise strictly between 0 and the vocabulary size "
+                        f"({len(vocab)}), got {adaptive_softmax}")
     start = time.perf_counter()
     train_tokens = sum(len(s) + 1 for s in splits["train"])
     extra = {"mode": mode} if arch in RECURRENT_ARCHS else {}
@@ -99,6 +109,8 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         else:
             model_config = dict(vocab_size=len(vocab), cell_type=arch, units=units, num_layers=layers,
                                 embed_dim=embed or units, dropout=dropout, tie_weights=tie, links=links)
+            if cutoffs:
+                model_config["adaptive_cutoffs"] = cutoffs
             if mode == "stream":
                 ids = stream_ids(splits["train"], vocab)
                 if len(ids) - 1 < batch_size * bptt:
