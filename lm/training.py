@@ -115,14 +115,17 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                          links: str = "none", init_embeddings: str = "random", dropout_input: float = 0.0,
                          dropout_hidden: float = 0.0, dropout_output: float = 0.0, dropout_embedding: float = 0.0,
                          weight_drop: float = 0.0, ar: float = 0.0, tar: float = 0.0, variable_bptt: bool = False,
-                         average: str = "none", ema_decay: float = 0.999, nonmono: int = 5) -> dict:
+                         average: str = "none", ema_decay: float = 0.999, nonmono: int = 5, schedule: str = "none",
+                         warmup: int = 0, adaptive_softmax: str = "") -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
     (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's.
     An `out_dir` that holds a model is refused unless `overwrite` (train anew) or `resume` (continue the killed
     run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir).
     `links` joins stacked recurrent layers (none, residual, dense, highway: lm.recurrent); `init_embeddings="glove"`
-    starts the input embedding from GloVe (lm.vectors).
+    starts the input embedding from GloVe (lm.vectors). `schedule` ("cosine", "step") and `warmup` (steps) shape the
+    learning rate over `epochs` (lm.schedules.WarmupDecay) in place of the division by `lr_decay` on a plateau.
+    `adaptive_softmax` ("2000" or "2000,6000") gives the recurrent model an adaptive softmax with those id cutoffs.
 
     AWD-LSTM's regularisers (Merity et al. 2017), all off by default: `dropout_input`, `dropout_hidden`,
     `dropout_output` (locked dropout), `dropout_embedding`, `weight_drop`, `ar`, `tar` are LanguageModel's
@@ -139,6 +142,19 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
     from lm.recurrent import LINKS
     if links not in LINKS:
         raise UserError(f"unknown --links {links!r}: choose {', '.join(LINKS)}")
+    from lm.schedules import DECAYS
+    if schedule not in ("none",) + DECAYS:
+        raise UserError(f"unknown --schedule {schedule!r}: choose none, cosine or step")
+    if warmup < 0:
+        raise UserError("--warmup must be >= 0")
+    if variable_bptt and (schedule != "none" or warmup):
+        raise UserError("--variable-bptt scales each batch's learning rate itself: use it without --schedule/--warmup")
+    try:
+        cutoffs = tuple(int(c) for c in str(adaptive_softmax or "").split(",") if c.strip())
+    except ValueError:
+        raise UserError(f"--adaptive-softmax takes comma-separated ids such as 2000, got {adaptive_softmax!r}")
+    if cutoffs and arch not in ("rnn", "gru", "lstm"):
+        raise UserError("--adaptive-softmax is for the recurrent models (rnn, gru, lstm)")
     if mode not in ("stream", "sentence"):
         raise UserError(f"unknown --mode {mode!r}: choose stream or sentence")
     regularizers = dict(dropout_input=dropout_input, dropout_hidden=dropout_hidden, dropout_output=dropout_output,
@@ -150,6 +166,9 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
     vocab = Vocabulary.build(splits["train"], min_count=min_count, max_size=max_vocab)
     if len(vocab) <= 4:
         raise UserError("the training text has no words")
+    if cutoffs and not all(a < b for a, b in zip((0,) + cutoffs, cutoffs + (len(vocab),))):
+        raise UserError(f"--adaptive-softmax cutoffs must rise strictly between 0 and the vocabulary size "
+                        f"({len(vocab)}), got {adaptive_softmax}")
     start = time.perf_counter()
     train_tokens = sum(len(s) + 1 for s in splits["train"])
     extra = {"mode": mode} if arch in RECURRENT_ARCHS else {}
@@ -164,7 +183,6 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         loaded = LoadedModel("ngram", model, vocab, extra)
     else:
         keras.utils.set_random_seed(seed)
-        optimizer = keras.optimizers.Adam(learning_rate=lr, global_clipnorm=clip or None)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
         if arch == "window":
             context = order - 1
@@ -178,6 +196,8 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
             model_config = dict(vocab_size=len(vocab), cell_type=arch, units=units, num_layers=layers,
                                 embed_dim=embed or units, dropout=dropout, tie_weights=tie, links=links,
                                 **{k: v for k, v in regularizers.items() if v})
+            if cutoffs:
+                model_config["adaptive_cutoffs"] = cutoffs
             if mode == "stream":
                 ids = stream_ids(splits["train"], vocab)
                 if len(ids) - 1 < batch_size * bptt:
@@ -203,6 +223,10 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                 print(report, flush=True)
         if distribute and len(x) > batch_size:  # equal shards on every device: no ragged last batch
             x, y = x[: len(x) - len(x) % batch_size], y[: len(y) - len(y) % batch_size]
+        from lm.schedules import make_learning_rate
+        steps_per_epoch = len(lengths) if y is None else math.ceil(len(x) / batch_size)  # what fit runs per epoch
+        learning_rate = make_learning_rate(lr, schedule, epochs * steps_per_epoch, warmup)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clip or None)
         model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_option(jit))
         valid = splits["valid"]
         averager = WeightAverage(average, ema_decay, nonmono) if average != "none" else None
@@ -218,7 +242,8 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
 
         validation = BestEpoch(out_dir, lambda: model_files(arch, eval_model, vocab, extra),
                                score=valid_perplexity, monitor="val_perplexity", min_gain=1e-3, patience=patience,
-                               lr_decay=lr_decay, time_budget=time_budget, start=start, resume_model=model,
+                               lr_decay=lr_decay if isinstance(learning_rate, float) else 1.0,  # schedule: no plateau
+                               time_budget=time_budget, start=start, resume_model=model,
                                resume_optimizer=model.optimizer, verbose=verbose)
         done = validation.resume() if resuming else 0
         if done < epochs and not validation.stopped:

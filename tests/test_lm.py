@@ -416,3 +416,60 @@ def test_cli_raw_text_corpus_and_compare(tmp_path, capsys):
     rc, stdout, _ = run_main(["compare", prose, "--archs", "ngram", "--out", tmp_path / "cmp", "--json"], capsys)
     (row,) = json.loads(stdout)
     assert rc == 0 and row["model"] == "KN-5" and row["test_perplexity"] > 1
+
+
+def test_cosine_schedule_decays_the_rate_over_the_epochs(corpus, tmp_path):
+    """`--schedule cosine`: the rate each epoch ends with follows the cosine over all steps of --epochs (reaching 0
+    at the last one), in place of the plateau division; `--warmup` must be >= 0."""
+    from lm.text import load_corpus
+    from lm.training import train_language_model
+    splits = load_corpus(corpus)
+    summary = train_language_model(splits, str(tmp_path / "m"), arch="lstm", units=8, epochs=3, batch_size=4,
+                                   bptt=5, lr=0.01, schedule="cosine", patience=None, verbose=0)
+    rates = [h["lr"] for h in summary["history"]]
+    assert len(rates) == 3 and rates[0] > rates[1] > rates[2] and rates[2] < 1e-6
+    # After one of three epochs the cosine stands at (1 + cos(pi / 3)) / 2 = 0.75 of the peak.
+    assert abs(rates[0] - 0.0075) < 2e-4
+    with pytest.raises(UserError, match="warmup"):
+        train_language_model(splits, str(tmp_path / "x"), arch="lstm", warmup=-1)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_adaptive_softmax_gives_exact_normalised_log_probabilities(tie):
+    """Head words, then cluster probability times the word's probability inside its cluster: every row is a
+    distribution over the whole vocabulary, and a word's log-probability is assembled as documented."""
+    from lm.model import LanguageModel
+    model = LanguageModel(40, units=12, embed_dim=8, tie_weights=tie, adaptive_cutoffs=(10, 25))
+    tokens = np.array([[3, 11, 30, 5], [1, 2, 39, 26]], dtype="int32")
+    log_probs = ops.convert_to_numpy(model(tokens))  # (2, 4, 40)
+    np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-5)
+    hidden = ops.convert_to_numpy(model.stack(model.embedding(tokens)))
+    if tie:
+        hidden = ops.convert_to_numpy(model.projection(hidden))
+    head = ops.convert_to_numpy(ops.log_softmax(
+        ops.matmul(hidden, ops.transpose(ops.concatenate([model.embedding.embeddings[:10], model.cluster_vectors], 0)))
+        + model.output_bias, axis=-1)) if tie else ops.convert_to_numpy(ops.log_softmax(model.head(hidden), axis=-1))
+    second = ops.convert_to_numpy(ops.log_softmax(model.tail_heads[1](model.tail_projections[1](hidden)), axis=-1))
+    np.testing.assert_allclose(log_probs[..., 3], head[..., 3], rtol=1e-5, atol=1e-6)  # a head word
+    np.testing.assert_allclose(log_probs[..., 30], head[..., 11] + second[..., 5], rtol=1e-5, atol=1e-6)
+    assert model.tail_projections[0].units == 2 and model.tail_projections[1].units == 1  # 8 // 4, 8 // 16 -> 1
+    assert LanguageModel.from_config(model.get_config()).adaptive_cutoffs == (10, 25)
+    assert "adaptive_cutoffs" not in LanguageModel(40, units=4).get_config()  # old folders' configs unchanged
+    with pytest.raises(ValueError, match="adaptive_cutoffs"):
+        LanguageModel(40, units=4, adaptive_cutoffs=(10, 10))
+
+
+def test_cli_trains_an_adaptive_softmax_model(tmp_path, capsys, corpus):
+    out = tmp_path / "model"
+    rc, stdout, _ = run_main(["train", corpus, "--out", out, "--json", "--adaptive-softmax", "6", *TINY,
+                              "--epochs", "4", "--lr", "0.02"], capsys)
+    assert rc == 0
+    summary = json.loads(stdout)
+    assert 1 < summary["test_perplexity"] < len(VOCAB)
+    assert json.loads((out / "config.json").read_text())["model"]["adaptive_cutoffs"] == [6]
+    rc, stdout, _ = run_main(["perplexity", os.path.join(corpus, "test.txt"), "--model", out, "--json"], capsys)
+    assert rc == 0 and abs(json.loads(stdout)["perplexity"] - summary["test_perplexity"]) < 1e-6 * summary[
+        "test_perplexity"]
+    for bad in ("x", "0", "99999"):
+        rc, _, err = run_main(["train", corpus, "--out", tmp_path / "bad", "--adaptive-softmax", bad, *TINY], capsys)
+        assert rc != 0 and "--adaptive-softmax" in err and "Traceback" not in err
