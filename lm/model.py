@@ -279,12 +279,6 @@ class FixedWindowLM(keras.Model):
         super().__init__(**kwargs)
         self.vocab_size, self.context = int(vocab_size), int(context)
         self.embed_dim, self.hidden, self.dropout = int(embed_dim), int(hidden), float(dropout)
-        self.adaptive_cutoffs = tuple(int(c) for c in (adaptive_cutoffs or ()))
-        self.tail_factor = int(tail_factor)
-        bounds = (0,) + self.adaptive_cutoffs + (self.vocab_size,)
-        if self.adaptive_cutoffs and (any(b >= e for b, e in zip(bounds, bounds[1:])) or self.tail_factor < 1):
-            raise ValueError(f"adaptive_cutoffs must rise strictly inside (0, {self.vocab_size}), got "
-                             f"{list(self.adaptive_cutoffs)}; tail_factor must be >= 1")
         self.embedding = layers.Embedding(self.vocab_size, self.embed_dim, name="embedding")
         self.flatten = layers.Reshape((self.context * self.embed_dim,))
         self.drop = layers.Dropout(self.dropout)
