@@ -12,14 +12,15 @@ computes (tests/test_lm_regularizers.py checks it per piece). All of them are of
     scan over the very same cell variables (the fused layer serves inference). This loses the fused kernel (cuDNN on
     a GPU; on a CPU Keras' LSTM is a loop over time anyway): see the measured cost in `RecurrentStack`'s docstring.
 
-Measured wall time per training step relative to the plain model (scripts/bench_awd.py; 2x200 LSTM, 10k vocabulary,
-batch 20 x 35, TensorFlow on this 2-core CPU, 15 steps): locked dropout 1.02x, embedding dropout 1.03x, weight drop
-1.18x, AR/TAR 1.01x, the EMA 1.06x, all together 1.04x (the last ones within the noise); the 10k-word softmax
-dominates the step.
   * AR / TAR (activation and temporal activation regularisation): losses added by `LanguageModel` (its `ar`, `tar`).
   * `WeightAverage`: the weights used for validation and saved in the model folder are an average of the training
     iterates (an EMA, or NT-ASGD's uniform average started when validation stops improving); training goes on with
     the raw weights.
+
+Measured wall time per training step relative to the plain model (scripts/bench_awd.py; 2x200 LSTM, 10k vocabulary,
+batch 20 x 35, TensorFlow on this 2-core CPU, 15 steps): locked dropout 1.02x, embedding dropout 1.03x, weight drop
+1.18x, AR/TAR 1.01x, the EMA 1.06x, all together 1.04x (the last ones within the noise); the 10k-word softmax
+dominates the step.
 
 Model code here uses keras.layers / keras.ops / keras.random only (TensorFlow, JAX and PyTorch alike).
 """
