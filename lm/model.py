@@ -24,6 +24,9 @@ class LanguageModel(keras.Model):
             when they differ).
         links: links across recurrent layers: "none", "residual", "dense" or "highway" (lm.recurrent).
         residual: the switch `links` replaced (model folders written before it): True means links="residual".
+        gate_init: how the gate biases start: "keras" (Keras' defaults) or "chrono" (Tallec & Ollivier, 2018;
+            lm.recurrent.ChronoBias). Only the start: a model folder's weights replace it when it loads.
+        chrono_max: T_max of the chrono initialisation (`lm train` passes --bptt).
         stateful: carry the final states of each batch into the next (stream training with truncated BPTT);
             needs `batch_size`. The states live in non-trainable variables that the model assigns itself, which
             works under `fit` on TensorFlow, JAX and PyTorch alike. Reset them with `reset_states()`.
@@ -35,7 +38,8 @@ class LanguageModel(keras.Model):
     """
 
     def __init__(self, vocab_size, cell_type="lstm", units=256, num_layers=1, embed_dim=None, dropout=0.0,
-                 tie_weights=False, links=None, stateful=False, batch_size=None, residual=None, **kwargs):
+                 tie_weights=False, links=None, stateful=False, batch_size=None, residual=None, gate_init="keras",
+                 chrono_max=35.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = int(vocab_size)
         self.cell_type = cell_type
@@ -51,8 +55,9 @@ class LanguageModel(keras.Model):
         self.embedding = layers.Embedding(self.vocab_size, self.embed_dim, name="embedding")
         self.input_dropout = layers.Dropout(self.dropout)
         self.stack = RecurrentStack(cell_type, self.units, self.num_layers, dropout=self.dropout, links=links,
-                                    residual=residual, name="stack")
+                                    residual=residual, gate_init=gate_init, chrono_max=chrono_max, name="stack")
         self.links = self.stack.links
+        self.gate_init, self.chrono_max = self.stack.gate_init, self.stack.chrono_max
         self.output_dropout = layers.Dropout(self.dropout)
         if self.tie_weights:
             self.projection = (layers.Dense(self.embed_dim, name="projection")
@@ -137,7 +142,7 @@ class LanguageModel(keras.Model):
         config.update(vocab_size=self.vocab_size, cell_type=self.cell_type, units=self.units,
                       num_layers=self.num_layers, embed_dim=self.embed_dim, dropout=self.dropout,
                       tie_weights=self.tie_weights, links=self.links, stateful=self.stateful,
-                      batch_size=self.batch_size)
+                      batch_size=self.batch_size, gate_init=self.gate_init, chrono_max=self.chrono_max)
         return config
 
 

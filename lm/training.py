@@ -41,23 +41,30 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                          patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
                          time_budget: float | None = None, mixed_precision: bool = False, jit="auto",
                          distribute: bool = False, resume: bool = False, overwrite: bool = False,
-                         links: str = "none", init_embeddings: str = "random") -> dict:
+                         links: str = "none", init_embeddings: str = "random", gate_init: str = "keras",
+                         chrono_max: float | None = None) -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
     (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's.
     An `out_dir` that holds a model is refused unless `overwrite` (train anew) or `resume` (continue the killed
     run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir).
     `links` joins stacked recurrent layers (none, residual, dense, highway: lm.recurrent); `init_embeddings="glove"`
-    starts the input embedding from GloVe (lm.vectors)."""
+    starts the input embedding from GloVe (lm.vectors); `gate_init` starts the gate biases as Keras does ("keras")
+    or tuned to time scales up to `chrono_max` steps ("chrono", default chrono_max: `bptt`; lm.recurrent)."""
     if arch not in ("ngram", "window") + RECURRENT_ARCHS:
         raise UserError(f"unknown --arch {arch!r}: choose ngram, window, rnn, gru or lstm")
     if init_embeddings not in ("random", "glove"):
         raise UserError(f"unknown --init-embeddings {init_embeddings!r}: choose random or glove")
     if init_embeddings == "glove" and arch == "ngram":
         raise UserError("--init-embeddings glove needs a neural model (window, rnn, gru, lstm), not ngram")
-    from lm.recurrent import LINKS
+    from lm.recurrent import GATE_INITS, LINKS
     if links not in LINKS:
         raise UserError(f"unknown --links {links!r}: choose {', '.join(LINKS)}")
+    if gate_init not in GATE_INITS:
+        raise UserError(f"unknown --gate-init {gate_init!r}: choose {', '.join(GATE_INITS)}")
+    chrono_max = float(bptt if chrono_max is None else chrono_max)
+    if gate_init == "chrono" and not chrono_max > 2:
+        raise UserError(f"--chrono-max {chrono_max:g}: must be > 2 (the gate biases are log U(1, chrono_max - 1))")
     if mode not in ("stream", "sentence"):
         raise UserError(f"unknown --mode {mode!r}: choose stream or sentence")
     resuming = check_out_dir(out_dir, resume, overwrite)
@@ -92,7 +99,8 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
             fit_kwargs = dict(shuffle=True)
         else:
             model_config = dict(vocab_size=len(vocab), cell_type=arch, units=units, num_layers=layers,
-                                embed_dim=embed or units, dropout=dropout, tie_weights=tie, links=links)
+                                embed_dim=embed or units, dropout=dropout, tie_weights=tie, links=links,
+                                gate_init=gate_init, chrono_max=chrono_max)
             if mode == "stream":
                 ids = stream_ids(splits["train"], vocab)
                 if len(ids) - 1 < batch_size * bptt:
