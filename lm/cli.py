@@ -7,7 +7,8 @@
   lm export OUT_DIR [--model DIR]
   lm neighbors WORD [--model DIR | --glove] [--k N]
   lm analogy A B C [--model DIR | --glove] [--k N]
-  lm gradients CORPUS [--arch rnn,gru,lstm] [--steps T] [--model DIR] [--clip F] [--layers N --links L] [--out PNG]
+  lm gradients CORPUS [--arch rnn,gru,lstm] [--gate-init keras,chrono] [--steps T] [--model DIR] [--clip F]
+               [--layers N --links L] [--out PNG]
 
 Without --model the bundled model is used: an LSTM trained on the King James Bible (scripts/train_bundled_lm.sh).
 
@@ -170,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "back, averaged over the windows, for t = 0..T; one curve per model: fresh ones "
                                    "(--arch, --layers, --links) or a trained one (--model). Shows vanishing (tanh "
                                    "RNN), exploding ('rnn*3' without --clip) and what LSTM/GRU gates and links "
-                                   "across layers do.")
+                                   "across layers do. Fresh GRUs and LSTMs are drawn from both starts `lm train "
+                                   "--gate-init` offers, side by side: Keras' gate biases ('lstm') and chrono's "
+                                   "('lstm (chrono)', dashed), which open the gates to time scales up to T steps.")
     p.add_argument("corpus", help="corpus folder or raw text file, as for `lm train`")
     p.add_argument("--arch", default=None,
                    help="comma-separated fresh models: rnn, gru, lstm, each optionally *SCALE to multiply its "
