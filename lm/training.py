@@ -41,7 +41,7 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                          patience: int = 3, lr_decay: float = 4.0, seed: int = 0, verbose: int = 1,
                          time_budget: float | None = None, mixed_precision: bool = False, jit="auto",
                          distribute: bool = False, resume: bool = False, overwrite: bool = False,
-                         links: str = "none", init_embeddings: str = "random", gate_init: str = "keras",
+                         links: str = "none", init_embeddings: str = "random", gate_init: str = "chrono",
                          chrono_max: float | None = None) -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
@@ -49,8 +49,8 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
     An `out_dir` that holds a model is refused unless `overwrite` (train anew) or `resume` (continue the killed
     run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir).
     `links` joins stacked recurrent layers (none, residual, dense, highway: lm.recurrent); `init_embeddings="glove"`
-    starts the input embedding from GloVe (lm.vectors); `gate_init` starts the gate biases as Keras does ("keras")
-    or tuned to time scales up to `chrono_max` steps ("chrono", default chrono_max: `bptt`; lm.recurrent)."""
+    starts the input embedding from GloVe (lm.vectors); `gate_init` starts the gate biases tuned to time scales up
+    to `chrono_max` steps ("chrono", default chrono_max: `bptt`; lm.recurrent) or as Keras does ("keras")."""
     if arch not in ("ngram", "window") + RECURRENT_ARCHS:
         raise UserError(f"unknown --arch {arch!r}: choose ngram, window, rnn, gru or lstm")
     if init_embeddings not in ("random", "glove"):

@@ -131,6 +131,20 @@ def test_parse_entries():
         parse_entries("rnn", "skip")
 
 
+def test_default_gate_starts():
+    # `lm train` starts gates with chrono (README: lower KJV perplexity after the same epochs); `lm gradients` draws
+    # both starts side by side; the library's constructors keep Keras' start.
+    import inspect
+    from lm.model import LanguageModel
+    from lm.training import train_language_model
+    parser = cli.build_parser()
+    a = parser.parse_args(["train", "corpus", "--out", "x"])
+    assert (cli._training_kwargs(a)["gate_init"], cli._training_kwargs(a)["chrono_max"]) == ("chrono", None)
+    assert inspect.signature(train_language_model).parameters["gate_init"].default == "chrono"
+    assert parser.parse_args(["gradients", "corpus"]).gate_init == "keras,chrono"
+    assert inspect.signature(LanguageModel).parameters["gate_init"].default == "keras"
+
+
 def test_cli_gradients_json_and_plot(tmp_path, capsys, corpus):
     png = tmp_path / "flow.png"
     assert cli.main(["gradients", corpus, "--arch", "rnn,rnn*3,lstm", "--steps", "8", "--windows", "4", "--units",
