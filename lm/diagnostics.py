@@ -144,13 +144,18 @@ def text_windows(ids: np.ndarray, steps: int, count: int) -> np.ndarray:
     return np.stack([ids[s: s + width] for s in starts])
 
 
-def parse_entries(archs: str, links: str) -> list[tuple[str, str, float, str]]:
-    """"rnn,gru,lstm,rnn*3" and "none,residual" -> [(label, cell type, recurrent-kernel scale, links), ...]."""
+def parse_entries(archs: str, links: str, gate_inits: str = "keras") -> list[tuple[str, str, float, str, str]]:
+    """"rnn,gru,lstm,rnn*3", "none,residual" and "keras,chrono" -> [(label, cell type, recurrent-kernel scale,
+    links, gate init), ...]. A plain RNN has no gates: it gets one entry (gate init "keras") whatever the list.
+    Labels: "lstm", "lstm+residual" (several links), "lstm (chrono)"."""
     link_list = [x.strip().lower() for x in links.split(",") if x.strip()] or ["none"]
-    from lm.recurrent import LINKS
+    from lm.recurrent import GATE_INITS, LINKS
     for link in link_list:
         if link not in LINKS:
             raise UserError(f"unknown --links {link!r}: choose from {', '.join(LINKS)} (comma-separated)")
+    init_list = list(dict.fromkeys(x.strip().lower() for x in gate_inits.split(",") if x.strip()))
+    if not init_list or any(init not in GATE_INITS for init in init_list):
+        raise UserError(f"--gate-init {gate_inits!r}: choose from {', '.join(GATE_INITS)} (comma-separated)")
     entries = []
     for item in [x.strip().lower() for x in archs.split(",") if x.strip()]:
         match = _ENTRY.match(item)
@@ -158,27 +163,32 @@ def parse_entries(archs: str, links: str) -> list[tuple[str, str, float, str]]:
             raise UserError(f"unknown --arch entry {item!r}: use rnn, gru or lstm, optionally *SCALE to scale the "
                             "recurrent kernel (e.g. 'rnn*3')")
         cell, scale = match.group(1), float(match.group(2) or 1.0)
-        for link in link_list:
-            label = item if len(link_list) == 1 and link == "none" else f"{item}+{link}"
-            entries.append((label, cell, scale, link))
+        for init in init_list if cell != "rnn" else ["keras"]:
+            for link in link_list:
+                label = item if len(link_list) == 1 and link == "none" else f"{item}+{link}"
+                label += " (chrono)" if init == "chrono" else ""
+                entries.append((label, cell, scale, link, init))
     if not entries:
         raise UserError("--arch is empty")
     return entries
 
 
 def fresh_model(vocab_size: int, cell_type: str, units: int, layers: int = 1, links: str = "none",
-                scale: float = 1.0, seed: int = 0, embed_std: float = 0.3, forget_bias: float = 1.0):
+                scale: float = 1.0, seed: int = 0, embed_std: float = 0.3, forget_bias: float = 1.0,
+                gate_init: str = "keras", chrono_max: float = 50.0):
     """A freshly initialised LanguageModel (Keras' initialisers, the same seed for every entry), then:
 
     Args:
         scale: every recurrent kernel multiplied by this (> 1: the exploding case).
         embed_std: embeddings drawn from N(0, embed_std^2), the scale of real word vectors (0: Keras' default
             uniform +-0.05, under which a tanh RNN stays in its linear range and nothing saturates).
-        forget_bias: the LSTM forget-gate bias (Keras starts it at 1).
+        forget_bias: the LSTM forget-gate bias (Keras starts it at 1); for gate_init="keras" only.
+        gate_init, chrono_max: how the gate biases start, as `lm train --gate-init` (lm.recurrent.ChronoBias).
     """
     from lm.model import LanguageModel
     keras.utils.set_random_seed(seed)
-    model = LanguageModel(vocab_size=vocab_size, cell_type=cell_type, units=units, num_layers=layers, links=links)
+    model = LanguageModel(vocab_size=vocab_size, cell_type=cell_type, units=units, num_layers=layers, links=links,
+                          gate_init=gate_init, chrono_max=chrono_max)
     model(np.zeros((1, 2), "int32"))
     if embed_std:
         rng = np.random.default_rng(seed)
@@ -186,7 +196,7 @@ def fresh_model(vocab_size: int, cell_type: str, units: int, layers: int = 1, li
     for cell in model.stack.cells:
         if scale != 1.0:
             cell.recurrent_kernel.assign(cell.recurrent_kernel * scale)
-        if cell_type == "lstm" and forget_bias != 1.0:
+        if cell_type == "lstm" and forget_bias != 1.0 and gate_init == "keras":
             bias = ops.convert_to_numpy(cell.bias).copy()  # gates i, f, c, o
             bias[units: 2 * units] = forget_bias
             cell.bias.assign(bias)
@@ -206,13 +216,20 @@ def pyplot():
 
 
 def plot_curves(results: dict, path: str, title: str, layer_label: str) -> None:
-    """One line per entry, log-scale y: the gradient norm against t. Needs matplotlib (the [plots] extra)."""
+    """One line per entry, log-scale y: the gradient norm against t. An entry labelled "X (chrono)" is drawn dashed in
+    the colour of "X", so each model's two starts read as a pair. Needs matplotlib (the [plots] extra)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    colours = {}
     for label, curve in results.items():
         t, g = np.asarray(curve["t"]), np.asarray(curve["grad_norm"], "float64")
         keep = g > 0  # log scale: a gradient that underflowed to zero cannot be drawn
-        ax.plot(t[keep], g[keep], label=label, linewidth=2)
+        base = label.removesuffix(" (chrono)")
+        style = dict(linestyle="--") if base != label else {}
+        if base in colours:
+            style["color"] = colours[base]
+        (line,) = ax.plot(t[keep], g[keep], label=label, linewidth=2, **style)
+        colours.setdefault(base, line.get_color())
     ax.set_yscale("log")
     ax.set_xlabel("t: steps back from the last step")
     ax.set_ylabel(r"$\Vert\partial L_T \,/\, \partial h_{T-t}\Vert$" + f"   ({layer_label})")

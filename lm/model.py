@@ -29,6 +29,9 @@ class LanguageModel(keras.Model):
             when they differ).
         links: links across recurrent layers: "none", "residual", "dense" or "highway" (lm.recurrent).
         residual: the switch `links` replaced (model folders written before it): True means links="residual".
+        gate_init: how the gate biases start: "keras" (Keras' defaults) or "chrono" (Tallec & Ollivier, 2018;
+            lm.recurrent.ChronoBias). Only the start: a model folder's weights replace it when it loads.
+        chrono_max: T_max of the chrono initialisation (`lm train` passes --bptt).
         stateful: carry the final states of each batch into the next (stream training with truncated BPTT);
             needs `batch_size`. The states live in non-trainable variables that the model assigns itself, which
             works under `fit` on TensorFlow, JAX and PyTorch alike. Reset them with `reset_states()`.
@@ -66,7 +69,7 @@ class LanguageModel(keras.Model):
     def __init__(self, vocab_size, cell_type="lstm", units=256, num_layers=1, embed_dim=None, dropout=0.0,
                  tie_weights=False, links=None, stateful=False, batch_size=None, residual=None, dropout_input=0.0,
                  dropout_hidden=0.0, dropout_output=0.0, dropout_embedding=0.0, weight_drop=0.0, ar=0.0, tar=0.0,
-                 adaptive_cutoffs=(), tail_factor=4, **kwargs):
+                 adaptive_cutoffs=(), tail_factor=4, gate_init="keras", chrono_max=35.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = int(vocab_size)
         self.cell_type = cell_type
@@ -92,8 +95,10 @@ class LanguageModel(keras.Model):
         self.input_dropout = layers.Dropout(self.dropout)
         self.stack = RecurrentStack(cell_type, self.units, self.num_layers, dropout=self.dropout, links=links,
                                     residual=residual, dropout_hidden=self.dropout_hidden,
-                                    weight_drop=self.weight_drop, name="stack")
+                                    weight_drop=self.weight_drop, gate_init=gate_init, chrono_max=chrono_max,
+                                    name="stack")
         self.links = self.stack.links
+        self.gate_init, self.chrono_max = self.stack.gate_init, self.stack.chrono_max
         self.output_dropout = layers.Dropout(self.dropout)
         # AWD-LSTM's pieces exist only when asked for (no extra RNG state in a plain model's variables).
         self.word_dropout = (EmbeddingDropout(self.vocab_size, self.dropout_embedding, name="word_dropout")
@@ -251,7 +256,7 @@ class LanguageModel(keras.Model):
         config.update(vocab_size=self.vocab_size, cell_type=self.cell_type, units=self.units,
                       num_layers=self.num_layers, embed_dim=self.embed_dim, dropout=self.dropout,
                       tie_weights=self.tie_weights, links=self.links, stateful=self.stateful,
-                      batch_size=self.batch_size)
+                      batch_size=self.batch_size, gate_init=self.gate_init, chrono_max=self.chrono_max)
         # The regularisers only when set: a plain model's config (and config.json) reads as before they existed.
         config.update({k: getattr(self, k) for k in REGULARIZER_ARGS if getattr(self, k)})
         if self.adaptive_cutoffs:  # only then, so folders without it keep their config

@@ -20,6 +20,7 @@ from lm.regularizers import LockedDropout, recurrent_kernel_mask, weight_dropped
 
 CELL_TYPES = ("rnn", "gru", "lstm")
 LINKS = ("none", "residual", "dense", "highway")
+GATE_INITS = ("keras", "chrono")
 _SEQUENCE_LAYERS = {"rnn": layers.SimpleRNN, "gru": layers.GRU, "lstm": layers.LSTM}
 _CELLS = {"rnn": layers.SimpleRNNCell, "gru": layers.GRUCell, "lstm": layers.LSTMCell}
 
@@ -41,6 +42,77 @@ def check_links(links: str) -> str:
     if links not in LINKS:
         raise ValueError(f"links must be one of {', '.join(LINKS)}, got {links!r}")
     return links
+
+
+def check_gate_init(gate_init: str, chrono_max: float = 35.0) -> str:
+    gate_init = str(gate_init).lower()
+    if gate_init not in GATE_INITS:
+        raise ValueError(f"gate_init must be one of {', '.join(GATE_INITS)}, got {gate_init!r}")
+    if gate_init == "chrono" and not float(chrono_max) > 2.0:
+        raise ValueError(f"chrono_max must be > 2 (the biases are log U(1, chrono_max - 1)), got {chrono_max}")
+    return gate_init
+
+
+@keras.saving.register_keras_serializable(package="lm")
+class ChronoBias(keras.initializers.Initializer):
+    """Chrono initialisation of a gated cell's bias (Tallec & Ollivier, 2018, "Can recurrent neural networks warp
+    time?"): each unit's gates start tuned to a time scale drawn uniformly in [1, chrono_max - 1] steps.
+
+      * LSTM (Keras' gate order i, f, c, o): b_f = log(u), u ~ U(1, chrono_max - 1), b_i = -b_f, the rest 0; the
+        forget gate starts at u / (1 + u), the input gate at 1 / (1 + u): a leaky average over about u steps.
+      * GRU (Keras' h = z * h_prev + (1 - z) * candidate, gate order z, r, h): b_z = log(u), the rest 0. The
+        update gate is the LSTM's forget gate and 1 - z its input gate, so this is the same start.
+
+    A plain initializer, so Keras' fused LSTM/GRU layers (cuDNN, lax.scan) stay as they are.
+
+    Args:
+        cell_type: "gru" or "lstm".
+        chrono_max: T_max, the longest dependency (in steps) the gates start tuned to; > 2.
+        seed: an int for the same biases every call, or None (drawn from Keras' global seed).
+
+    Example:
+        >>> layer = keras.layers.LSTM(8, bias_initializer=ChronoBias("lstm", 50), unit_forget_bias=False)
+        >>> # or RecurrentStack("lstm", 8, gate_init="chrono", chrono_max=50)
+    """
+
+    def __init__(self, cell_type="lstm", chrono_max=35.0, seed=None):
+        self.cell_type = check_cell_type(cell_type)
+        if self.cell_type == "rnn":
+            raise ValueError("a plain RNN has no gates to initialise")
+        self.chrono_max = float(chrono_max)
+        check_gate_init("chrono", self.chrono_max)
+        self.seed = seed
+        self._uniform = keras.initializers.RandomUniform(1.0, self.chrono_max - 1.0, seed=seed)
+
+    def __call__(self, shape, dtype=None):
+        shape = tuple(shape)  # LSTM (4u,); GRU (2, 3u) with reset_after (input and recurrent bias) or (3u,)
+        gates = 4 if self.cell_type == "lstm" else 3
+        units = shape[-1] // gates
+        slow = ops.log(self._uniform((units,), dtype="float32"))  # (units,) log u, in [0, log(chrono_max - 1)]
+        zeros = ops.zeros((units,), "float32")
+        if self.cell_type == "lstm":
+            bias = ops.concatenate([-slow, slow, zeros, zeros])  # i, f, c, o
+        else:
+            bias = ops.concatenate([slow, zeros, zeros])  # z, r, h
+            if len(shape) == 2:  # the recurrent bias adds to the input bias: it starts at zero
+                bias = ops.stack([bias] + [ops.zeros_like(bias)] * (shape[0] - 1))
+        return ops.cast(ops.reshape(bias, shape), dtype or "float32")
+
+    def get_config(self):
+        return {"cell_type": self.cell_type, "chrono_max": self.chrono_max, "seed": self.seed}
+
+
+def gate_init_kwargs(cell_type: str, gate_init: str = "keras", chrono_max: float = 35.0) -> dict:
+    """Constructor kwargs of a Keras LSTM/GRU layer (or cell) for `gate_init`: {} for "keras" (Keras' own start:
+    zero biases, the LSTM's forget-gate bias 1) and for a plain RNN, which has no gates; for "chrono" the
+    ChronoBias initializer (and, for an LSTM, no unit forget bias on top of it)."""
+    cell_type = check_cell_type(cell_type)
+    if check_gate_init(gate_init, chrono_max) == "keras" or cell_type == "rnn":
+        return {}
+    kwargs = {"bias_initializer": ChronoBias(cell_type, chrono_max)}
+    if cell_type == "lstm":
+        kwargs["unit_forget_bias"] = False
+    return kwargs
 
 
 def state_count(cell_type: str) -> int:
@@ -79,6 +151,9 @@ class RecurrentStack(layers.Layer):
             CPU): about 1.2x the wall time of a training step (1.1x its CPU time); little, because Keras' LSTM on
             a CPU is itself a loop over time and the softmax dominates. On a GPU it gives up cuDNN's fused kernel,
             which costs more (not measured here). Not for bidirectional stacks.
+        gate_init: how gate biases start: "keras" (Keras' defaults: zero, the LSTM's forget gate at 1) or "chrono"
+            (ChronoBias: time scales up to `chrono_max` steps; a plain RNN has no gates and is unchanged).
+        chrono_max: T_max of the chrono initialisation (read only when gate_init="chrono").
 
     Example:
         >>> stack = RecurrentStack("lstm", units=8, num_layers=2, links="highway")
@@ -87,7 +162,7 @@ class RecurrentStack(layers.Layer):
     """
 
     def __init__(self, cell_type="lstm", units=256, num_layers=1, dropout=0.0, links=None, bidirectional=False,
-                 residual=None, dropout_hidden=0.0, weight_drop=0.0, **kwargs):
+                 residual=None, dropout_hidden=0.0, weight_drop=0.0, gate_init="keras", chrono_max=35.0, **kwargs):
         super().__init__(**kwargs)
         if links is None:
             links = "residual" if residual else "none"
@@ -99,12 +174,15 @@ class RecurrentStack(layers.Layer):
         self.dropout = float(dropout)
         self.links = check_links(links)
         self.bidirectional = bool(bidirectional)
+        self.gate_init = check_gate_init(gate_init, chrono_max)
+        self.chrono_max = float(chrono_max)
         if self.num_layers < 1:
             raise ValueError("num_layers must be >= 1")
         self.rnn_layers = []
         for i in range(self.num_layers):
             rnn = _SEQUENCE_LAYERS[self.cell_type](
-                self.units, return_sequences=True, return_state=True, name=f"{self.cell_type}_{i}")
+                self.units, return_sequences=True, return_state=True, name=f"{self.cell_type}_{i}",
+                **gate_init_kwargs(self.cell_type, self.gate_init, self.chrono_max))
             if self.bidirectional:
                 rnn = layers.Bidirectional(rnn, name=f"bi_{self.cell_type}_{i}")
             self.rnn_layers.append(rnn)
@@ -217,7 +295,8 @@ class RecurrentStack(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(cell_type=self.cell_type, units=self.units, num_layers=self.num_layers, dropout=self.dropout,
-                      links=self.links, bidirectional=self.bidirectional)
+                      links=self.links, bidirectional=self.bidirectional, gate_init=self.gate_init,
+                      chrono_max=self.chrono_max)
         # Only when set: the config of a stack without them reads as it did before they existed.
         config.update({k: getattr(self, k) for k in ("dropout_hidden", "weight_drop") if getattr(self, k)})
         return config

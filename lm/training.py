@@ -116,16 +116,19 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
                          dropout_hidden: float = 0.0, dropout_output: float = 0.0, dropout_embedding: float = 0.0,
                          weight_drop: float = 0.0, ar: float = 0.0, tar: float = 0.0, variable_bptt: bool = False,
                          average: str = "none", ema_decay: float = 0.999, nonmono: int = 5, schedule: str = "none",
-                         warmup: int = 0, adaptive_softmax: str = "") -> dict:
+                         warmup: int = 0, adaptive_softmax: str = "", gate_init: str = "chrono",
+                         chrono_max: float | None = None) -> dict:
     """Trains one model on {"train", "valid", ["test"]} token lists and writes `out_dir`. Returns a summary dict
     with valid/test perplexity, tokens, training time and tokens/s. `mixed_precision` (bf16 compute), `jit`
     (jit_compile: "auto", True, False) and `distribute` (data parallel over all local devices) are lm.accel's.
     An `out_dir` that holds a model is refused unless `overwrite` (train anew) or `resume` (continue the killed
     run from its last finished epoch, with its optimizer state and RNG; lm.checkpoint.check_out_dir).
     `links` joins stacked recurrent layers (none, residual, dense, highway: lm.recurrent); `init_embeddings="glove"`
-    starts the input embedding from GloVe (lm.vectors). `schedule` ("cosine", "step") and `warmup` (steps) shape the
-    learning rate over `epochs` (lm.schedules.WarmupDecay) in place of the division by `lr_decay` on a plateau.
-    `adaptive_softmax` ("2000" or "2000,6000") gives the recurrent model an adaptive softmax with those id cutoffs.
+    starts the input embedding from GloVe (lm.vectors); `gate_init` starts the gate biases tuned to time scales up
+    to `chrono_max` steps ("chrono", default chrono_max: `bptt`; lm.recurrent) or as Keras does ("keras").
+    `schedule` ("cosine", "step") and `warmup` (steps) shape the learning rate over `epochs` (lm.schedules.WarmupDecay)
+    in place of the division by `lr_decay` on a plateau. `adaptive_softmax` ("2000" or "2000,6000") gives the
+    recurrent model an adaptive softmax with those id cutoffs.
 
     AWD-LSTM's regularisers (Merity et al. 2017), all off by default: `dropout_input`, `dropout_hidden`,
     `dropout_output` (locked dropout), `dropout_embedding`, `weight_drop`, `ar`, `tar` are LanguageModel's
@@ -139,9 +142,14 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         raise UserError(f"unknown --init-embeddings {init_embeddings!r}: choose random or glove")
     if init_embeddings == "glove" and arch == "ngram":
         raise UserError("--init-embeddings glove needs a neural model (window, rnn, gru, lstm), not ngram")
-    from lm.recurrent import LINKS
+    from lm.recurrent import GATE_INITS, LINKS
     if links not in LINKS:
         raise UserError(f"unknown --links {links!r}: choose {', '.join(LINKS)}")
+    if gate_init not in GATE_INITS:
+        raise UserError(f"unknown --gate-init {gate_init!r}: choose {', '.join(GATE_INITS)}")
+    chrono_max = float(bptt if chrono_max is None else chrono_max)
+    if gate_init == "chrono" and not chrono_max > 2:
+        raise UserError(f"--chrono-max {chrono_max:g}: must be > 2 (the gate biases are log U(1, chrono_max - 1))")
     from lm.schedules import DECAYS
     if schedule not in ("none",) + DECAYS:
         raise UserError(f"unknown --schedule {schedule!r}: choose none, cosine or step")
@@ -195,7 +203,8 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         else:
             model_config = dict(vocab_size=len(vocab), cell_type=arch, units=units, num_layers=layers,
                                 embed_dim=embed or units, dropout=dropout, tie_weights=tie, links=links,
-                                **{k: v for k, v in regularizers.items() if v})
+                                **{k: v for k, v in regularizers.items() if v}, gate_init=gate_init,
+                                chrono_max=chrono_max)
             if cutoffs:
                 model_config["adaptive_cutoffs"] = cutoffs
             if mode == "stream":

@@ -52,6 +52,9 @@ def parse_args(argv=None):
     recipe.add_argument("--time-budget", type=float, default=None,
                         help="seconds of LSTM training (stops after the epoch in which it runs out)")
     recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--gate-init", default="keras", choices=["keras", "chrono"],
+                        help="gate biases' start (default keras: how the README's recipe row was measured; "
+                             "`lm train` defaults to chrono)")
     recipe.add_argument("--out", default=None, help="model folder for the LSTM (default: a temporary folder)")
     speed = p.add_argument_group("throughput")
     speed.add_argument("--steps", type=int, default=30, help="timed training steps per model (default 30)")
@@ -78,7 +81,7 @@ def quality(a, splits) -> dict:
         splits, out, arch="lstm", layers=a.layers, units=a.units, embed=a.embed, dropout=a.dropout, tie=a.tie,
         epochs=a.epochs, batch_size=a.batch_size, bptt=a.bptt, lr=a.lr, clip=a.clip, mode="stream",
         min_count=a.min_count, max_vocab=a.max_vocab, patience=a.patience, seed=a.seed, verbose=a.verbose,
-        time_budget=a.time_budget, overwrite=True)
+        time_budget=a.time_budget, gate_init=a.gate_init, overwrite=True)
     vocab = load_model_dir(out).vocab  # the very vocabulary the LSTM used, so both models predict the same tokens
 
     start = time.perf_counter()

@@ -184,6 +184,8 @@ MODELS = {
     "lstm-untied": lambda: recurrent(num_layers=2, dropout=0.1),
     "gru-tied-projection": lambda: recurrent(cell_type="gru", tie_weights=True, embed_dim=6, residual=True),
     "lstm-stateful": lambda: recurrent(stateful=True, batch_size=2),
+    "lstm-chrono": lambda: recurrent(num_layers=2, gate_init="chrono", chrono_max=12),
+    "gru-chrono-stateful": lambda: recurrent(cell_type="gru", gate_init="chrono", stateful=True, batch_size=2),
     "window": _window,
 }
 
@@ -210,6 +212,19 @@ def test_keras_file_and_weights_round_trip(tmp_path, kind):
     twin.load_weights(tmp_path / "m.weights.h5")
     getattr(twin, "reset_states", lambda: None)()
     np.testing.assert_array_equal(np_(twin(x)), expected)
+
+
+def test_model_folder_written_before_gate_init_loads_unchanged(tmp_path):
+    model = recurrent(num_layers=2)
+    save_model_dir(tmp_path, "lstm", model, VOCAB, {"mode": "stream"})
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    assert (config["model"].pop("gate_init"), config["model"].pop("chrono_max")) == ("keras", 35.0)
+    path.write_text(json.dumps(config))  # what folders written before gate_init hold
+    loaded = load_model_dir(tmp_path)
+    assert loaded.model.gate_init == "keras"
+    x = np.array([[4, 5, 6]], dtype="int32")
+    np.testing.assert_array_equal(np_(loaded.model(x)), np_(model(x)))
 
 
 def test_model_folder_of_stateful_model_loads_stateless(tmp_path):
@@ -392,6 +407,10 @@ def test_training_rejects_bad_options(corpus, tmp_path):
         train_language_model(splits, str(tmp_path / "x"), arch="transformer")
     with pytest.raises(UserError, match="order"):
         train_language_model(splits, str(tmp_path / "x"), arch="ngram", order=7)
+    with pytest.raises(UserError, match="--gate-init"):
+        train_language_model(splits, str(tmp_path / "x"), gate_init="zero")
+    with pytest.raises(UserError, match="--chrono-max"):
+        train_language_model(splits, str(tmp_path / "x"), gate_init="chrono", chrono_max=1)
 
 
 def test_training_that_diverges_is_an_error_not_a_stale_model(corpus, tmp_path, monkeypatch):

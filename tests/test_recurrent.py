@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from lm.recurrent import RecurrentStack, check_cell_type, make_cell, state_count
+from lm.recurrent import ChronoBias, RecurrentStack, check_cell_type, make_cell, state_count
 
 BATCH, TIME, FEATURES, UNITS = 2, 5, 6, 6
 
@@ -135,6 +135,69 @@ def test_get_config_round_trip(links):
     stack(x), again(x)
     again.set_weights(stack.get_weights())
     np.testing.assert_allclose(ops.convert_to_numpy(again(x)), ops.convert_to_numpy(stack(x)), atol=1e-6)
+
+
+def _biases(stack):
+    return [ops.convert_to_numpy(cell.bias) for cell in stack.cells]
+
+
+@pytest.mark.parametrize("chrono_max", [10.0, 50.0])
+def test_chrono_sets_the_gate_biases(chrono_max):
+    units, top = 64, np.log(chrono_max - 1)
+    keras.utils.set_random_seed(0)
+    lstm = RecurrentStack("lstm", units=units, num_layers=2, gate_init="chrono", chrono_max=chrono_max)
+    lstm.build((None, None, FEATURES))
+    for bias in _biases(lstm):  # gates i, f, c, o
+        i, f, c, o = bias.reshape(4, units)
+        assert f.min() >= 0 and f.max() <= top + 1e-6 and f.max() > 0.9 * top and f.std() > 0.1  # log U(1, T-1)
+        u = np.exp(f)
+        assert abs(np.mean(u) - chrono_max / 2) < 0.25 * chrono_max  # uniform on [1, T - 1]: mean T / 2
+        np.testing.assert_allclose(i, -f, atol=1e-6)
+        assert not c.any() and not o.any()
+    first, second = _biases(lstm)
+    assert np.abs(first - second).max() > 0.1  # each layer draws its own time scales
+    assert type(lstm.rnn_layers[0]) is keras.layers.LSTM  # Keras' fused LSTM layer, not a cell loop
+    assert not lstm.rnn_layers[0].cell.unit_forget_bias  # the chrono forget bias is not raised by 1 on top
+
+    gru = RecurrentStack("gru", units=units, gate_init="chrono", chrono_max=chrono_max)
+    gru.build((None, None, FEATURES))
+    (bias,) = _biases(gru)  # (2, 3 units): input and recurrent biases, gates z, r, h; z keeps the old state
+    z, r, h = bias[0].reshape(3, units)
+    assert z.min() >= 0 and z.max() <= top + 1e-6 and z.std() > 0.1
+    assert not r.any() and not h.any() and not bias[1].any()
+
+    keras_lstm = RecurrentStack("lstm", units=units)
+    keras_lstm.build((None, None, FEATURES))
+    i, f, c, o = _biases(keras_lstm)[0].reshape(4, units)
+    assert (f == 1).all() and not i.any()  # the default is Keras' start, unchanged
+
+    for cell_type in ("rnn",):  # no gates: chrono changes nothing
+        keras.utils.set_random_seed(5)
+        plain = RecurrentStack(cell_type, units=4, gate_init="chrono")
+        plain.build((None, None, FEATURES))
+        keras.utils.set_random_seed(5)
+        same = RecurrentStack(cell_type, units=4)
+        same.build((None, None, FEATURES))
+        for a, b in zip(plain.get_weights(), same.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_chrono_config_round_trip_and_old_configs():
+    stack = RecurrentStack("lstm", units=4, num_layers=2, gate_init="chrono", chrono_max=20, bidirectional=True)
+    config = stack.get_config()
+    assert (config["gate_init"], config["chrono_max"]) == ("chrono", 20.0)
+    assert RecurrentStack.from_config(config).get_config() == config
+    old = {k: v for k, v in config.items() if k not in ("gate_init", "chrono_max")}  # written before gate_init
+    assert RecurrentStack.from_config(old).gate_init == "keras"
+    initializer = ChronoBias("gru", 12, seed=3)
+    again = ChronoBias.from_config(initializer.get_config())
+    np.testing.assert_array_equal(ops.convert_to_numpy(again((2, 9))), ops.convert_to_numpy(initializer((2, 9))))
+    with pytest.raises(ValueError, match="gate_init"):
+        RecurrentStack("lstm", units=4, gate_init="orthogonal")
+    with pytest.raises(ValueError, match="chrono_max"):
+        RecurrentStack("lstm", units=4, gate_init="chrono", chrono_max=2)
+    with pytest.raises(ValueError, match="no gates"):
+        ChronoBias("rnn")
 
 
 def test_bad_arguments():
