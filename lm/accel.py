@@ -16,6 +16,7 @@
     devices, each process feeding its own shard (`auto_shard_dataset=False`); on CPUs the collectives go over
     gloo. TensorFlow: `TF_CONFIG` (cluster and task index) and `tf.distribute.MultiWorkerMirroredStrategy`.
   * `training_options(...)` / `@accelerated`: the two context managers around a whole training function.
+  * `on_accelerator()`: whether the backend computes on a GPU/TPU (CPU work can then overlap the model's).
 
 Stateful language models keep their carried state (lm.model) in variables of a fixed batch size, created by
 `carried_state_variable`: under JAX data parallelism those variables are sharded along the batch axis like the
@@ -79,6 +80,23 @@ def jit_option(value="auto"):
             return False
         raise UserError(f"--jit must be auto, true or false, got {value!r}")
     return bool(value)
+
+
+# ---- devices ---------------------------------------------------------------------------------------------------
+def on_accelerator() -> bool:
+    """Whether Keras computes on an accelerator (GPU, TPU...) rather than on the CPU, for the current backend.
+
+    Work for the CPU (decoding images) can overlap a model's forward pass there; on a CPU-only machine it takes
+    cores from the model's own thread pool instead."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+        return bool(torch.cuda.is_available() or getattr(torch.backends, "mps", None) and
+                    torch.backends.mps.is_available())
+    try:
+        return any(not str(d).lower().startswith("cpu") for d in keras.distribution.list_devices())
+    except Exception:  # a backend without a device list: assume the CPU
+        return False
 
 
 # ---- several devices -------------------------------------------------------------------------------------------
