@@ -19,7 +19,8 @@ from captioner.visualize import attention_grid, attention_overlay
 
 def run_demo(out_dir: str, images: int = 4, seed: int = 20261122, as_json: bool = False,
              questions_per_image: int = 3) -> int:
-    from captioner.model import caption_files, load_model_dir
+    from captioner.api import Captioner
+    from captioner.model import load_model_dir
     from captioner.scenes import generate_scenes
     out_dir = os.path.abspath(out_dir)
     scenes_dir = os.path.join(out_dir, "scenes")
@@ -30,7 +31,7 @@ def run_demo(out_dir: str, images: int = 4, seed: int = 20261122, as_json: bool 
         qa_rows = [json.loads(line) for line in f if line.strip()]
     captioner = load_model_dir(None, task="caption")
     paths = [os.path.join(scenes_dir, im["filepath"], im["filename"]) for im in scene_images]
-    captions = caption_files(captioner, paths, beam_width=3)
+    captions = Captioner(captioner).caption(paths, beam=3)
 
     vqa = None
     try:

@@ -222,13 +222,25 @@ def _data_name(data) -> str:
 
 
 def backbone_grid(model, images, batch_size: int = 64) -> np.ndarray:
-    """The backbone grid (N, pixels, C) of a captioner or VQA model for images (N, h, w, 3) 0..255, in batches."""
-    from keras import ops
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = ops.convert_to_tensor(np.asarray(images[start: start + batch_size], np.float32))
-        out.append(ops.convert_to_numpy(model.backbone(chunk, training=False)))
+    """The backbone grid (N, pixels, C) of a captioner or VQA model for images (N, h, w, 3) 0..255, in batches.
+
+    Through the compiled forward pass extraction uses (captioner.features): calling the model eagerly batch after
+    batch left TensorFlow's CPU allocations behind, 6.6 GB of peak RSS for 1,300 images at 224x224 against 2.1."""
+    from captioner.features import _predict
+    predict = _predict(model.backbone, batch_size)
+    out = [predict(np.asarray(images[start: start + batch_size], np.float32))
+           for start in range(0, len(images), batch_size)]
     return np.concatenate(out, axis=0)
+
+
+def _model_features(model, images, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """image_features of many images, batch by batch: the float temporaries (grids, pixel histograms) of a few
+    thousand images at once would take gigabytes."""
+    parts = [image_features(images[start: start + batch_size], backbone_grid(model, images[start: start + batch_size]))
+             for start in range(0, len(images), batch_size)]
+    if not parts:
+        return image_features(images, backbone_grid(model, images))
+    return {block: np.concatenate([p[block] for p in parts]) for block in parts[0]}
 
 
 def calibrate_model_dir(directory, train_images, heldout_images, trained_on: str = "", max_train: int = 3000,
@@ -260,8 +272,7 @@ def calibrate_model_dir(directory, train_images, heldout_images, trained_on: str
         data = loaded.config.get("data") or ""
         trained_on = data if " " in data else (_data_name(data) if data else "its training data")
     heldout_images = np.asarray(heldout_images)
-    stats = fit_domain(image_features(train_images, backbone_grid(loaded.model, train_images)),
-                       image_features(heldout_images, backbone_grid(loaded.model, heldout_images)),
+    stats = fit_domain(_model_features(loaded.model, train_images), _model_features(loaded.model, heldout_images),
                        trained_on=trained_on, **fit_kwargs)
     stats.save(directory)
     return stats

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from captioner.datasets import load_caption_dataset, split_examples
 from captioner.metrics import caption_scores
-from captioner.model import LoadedCaptioner, caption_files
+from captioner.api import Captioner
+from captioner.model import LoadedCaptioner
 
 
 def evaluate_captioner(loaded: LoadedCaptioner, data, split: str = "test", image_root=None, beam_width: int = 3,
@@ -13,9 +14,9 @@ def evaluate_captioner(loaded: LoadedCaptioner, data, split: str = "test", image
     examples = split_examples(load_caption_dataset(data, image_root), split)
     if max_images:
         examples = examples[:max_images]
-    results = caption_files(loaded, [e.image for e in examples], beam_width=beam_width)
+    results = Captioner(loaded).caption([e.image for e in examples], beam=beam_width, errors="return")
     references = {e.image_id: [" ".join(c) for c in e.captions] for e in examples}
-    hypotheses = {e.image_id: r.get("caption", "") for e, r in zip(examples, results)}
+    hypotheses = {e.image_id: r.caption for e, r in zip(examples, results)}
     scores = caption_scores(references, hypotheses, meteor=meteor)
     scores["images"] = len(examples)
     return scores

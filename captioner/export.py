@@ -8,10 +8,10 @@ SavedModel's captions are the captions `captioner caption` prints for the same f
 Signature `serving_default` of a captioner export (`export_captioner`):
     inputs:  images     tf.string [batch]   file bytes (JPEG, PNG, GIF or BMP)
     outputs: captions   tf.string [batch]   words joined by spaces, "" for an image that could not be read
-             scores     float32  [batch]    the beam's length-normalised log-probability (caption_files' "score"),
+             scores     float32  [batch]    the beam's length-normalised log-probability (Captioner.caption's "score"),
                                             -inf for a bad image
              attention  float32  [batch, T, H, W]  attention over the feature grid, T = max_length, as
-                                            caption_files' "attention": row t for word t, row lengths[i] for the
+                                            Captioner.caption's "attention": row t for word t, row lengths[i] for the
                                             `<eos>` step (when the caption ended before max_length), zeros after
              lengths    int32    [batch]    number of words in each caption
              errors     tf.string [batch]   "" or one line: "image 2: corrupt or truncated JPEG data (...)"
@@ -461,11 +461,11 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
         model_dir: a captioner model folder (captioner.model.save_model_dir); None = the bundled one.
         beam_width: beam width of the search inside the graph (1 = greedy).
         max_length: longest caption in steps (words + `<eos>`); default the folder's config "max_length", else 20
-            (what caption_files uses).
-        length_penalty, min_length, block_repeats: as in captioner.model.caption_files.
+            (what Captioner.caption uses).
+        length_penalty, min_length, block_repeats: as in captioner.api.Captioner.caption.
         chunk_size: images searched together (beam search needs a static batch inside the graph).
         num_captions: n > 1 adds outputs `all_captions` tf.string [batch, n] and `all_scores` float32 [batch, n],
-            the n best captions best first (caption_files' "captions"); `captions` etc. stay the best one's.
+            the n best captions best first (Captioner.caption's "captions"); `captions` etc. stay the best one's.
 
     Returns:
         out_dir as an absolute path.
@@ -523,7 +523,7 @@ def export_captioner(out_dir, model_dir=None, beam_width: int = 3, max_length: i
         alphas = tf.reshape(alphas, [-1, steps, grid_h, grid_w])[:n]  # (n, T, h', w')
         captions, lengths, _ = ids_to_text_graph(words, tokens)
         ok = tf.equal(status, _OK)
-        # As caption_files: one row per word shown, then the <eos> step if the caption ended before max_length
+        # As Captioner.caption: one row per word shown, then the <eos> step if the caption ended before max_length
         # (rows of <pad>/<bos> ids, which the text drops, are dropped too); zeros after that.
         t = tf.range(steps)[None, :]  # (1, T)
         end = tf.reduce_sum(tf.cast(tf.equal(tf.cumsum(tf.cast(tf.equal(words, 3), tf.int32), axis=1), 0),
@@ -673,14 +673,22 @@ def export_vqa(out_dir, model_dir) -> str:
                                                                    [lengths, tf.zeros([1], tf.int64)], 0)), 1)]))
         first = tf.where(tf.equal(lengths, 0), tf.fill(tf.shape(lengths), vocab.unk_id), dense[:, 0])
         dense = tf.concat([first[:, None], dense[:, 1:]], 1)  # (batch, T): an empty question is one <unk>
-        logits, alpha = model((tf.cast(pixels, tf.float32), dense), training=False, return_attention=True)
-        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)  # (batch, K)
+        def run():
+            logits, alpha = model((tf.cast(pixels, tf.float32), dense), training=False, return_attention=True)
+            return tf.cast(logits, tf.float32), tf.reshape(tf.cast(alpha, tf.float32), [-1, grid_h * grid_w])
+
+        def nothing():
+            return tf.zeros([0, len(loaded.answers)], tf.float32), tf.zeros([0, grid_h * grid_w], tf.float32)
+
+        # An empty batch gives empty outputs: the backbone's batch norm refuses 0 rows, so the model is not called.
+        logits, alpha = tf.cond(tf.size(images) > 0, run, nothing)  # (batch, K), (batch, pixels)
+        probs = tf.nn.softmax(logits, axis=-1)  # (batch, K)
         best = tf.argmax(probs, axis=-1, output_type=tf.int32)
         ok = tf.equal(status, _OK)
         out = {
             "answers": tf.where(ok, tf.gather(answers, best), tf.constant("")),
             "scores": tf.where(ok, tf.reduce_max(probs, axis=-1), tf.zeros_like(probs[:, 0])),
-            "attention": tf.reshape(tf.cast(alpha, tf.float32), [-1, grid_h, grid_w])
+            "attention": tf.reshape(alpha, [-1, grid_h, grid_w])
             * tf.cast(ok, tf.float32)[:, None, None],
             "errors": errors,
         }

@@ -2,9 +2,11 @@
 keyed by what made them.
 
 Extraction streams: images are decoded and resized by ``captioner.images.load_image`` in a pool of threads (Pillow
-releases the GIL), a few batches ahead of the backbone, and each finished batch of grids is appended to the current
-shard file. Memory holds a few batches of pixels and grids, whatever the size of the dataset. A shard is written
-under a temporary name and renamed when complete, so an interrupted extraction resumes from its finished shards.
+releases the GIL), and each finished batch of grids is appended to the current shard file. With the backbone on an
+accelerator, decoding runs a few batches ahead of it; on a CPU-only machine the two take turns, each batch decoded
+by every core between two backbone calls (see ``build_feature_cache``'s ``overlap``). Memory holds a few batches
+of pixels and grids, whatever the size of the dataset. A shard is written under a temporary name and renamed when
+complete, so an interrupted extraction resumes from its finished shards.
 
 A cache folder (one per backbone, image size, resize policy and image set, under the cache root) holds:
 
@@ -254,8 +256,8 @@ def _clear(folder: str) -> None:
 
 
 def default_workers() -> int:
-    """Decoding threads: half the CPUs (1 to 8). Decoding a JPEG costs a few percent of a CNN forward pass on a CPU,
-    and more threads than that only take cores from the backbone's own thread pool."""
+    """Decoding threads that run while a model computes: half the CPUs (1 to 8). Decoding a JPEG costs about a
+    tenth of a CNN forward pass on a CPU, and more threads than that only take cores from the model's thread pool."""
     return min(8, max(1, (os.cpu_count() or 2) // 2))
 
 
@@ -270,7 +272,8 @@ def stream_images(paths, image_size, policy: str, batch_size: int = 32, workers:
         policy: resize policy.
         batch_size: images per batch.
         workers: decoding threads (default ``default_workers()``).
-        ahead: batches decoded ahead of the consumer.
+        ahead: batches decoded ahead of the consumer; 0 decodes a batch only when the consumer asks for it (all
+            workers on that batch; nothing decodes while the consumer works on it).
         batch_sizes: explicit sizes of the successive batches (summing to len(paths)) instead of batch_size.
 
     A bad image stops the stream with its one-line ``ImageError``.
@@ -331,7 +334,7 @@ def _write_shard(path: str, batches, count: int, grid, dtype) -> None:
 
 def build_feature_cache(backbone, paths, *, backbone_name: str, image_size, policy: str, cache_root=None,
                         batch_size: int = 32, shard_size: int = SHARD_SIZE, workers: int | None = None,
-                        verbose: int = 1) -> FeatureCache:
+                        overlap: bool | None = None, verbose: int = 1) -> FeatureCache:
     """Returns the finished feature cache of some images: reused when its key matches, else (re)built, streaming.
 
     Args:
@@ -343,7 +346,12 @@ def build_feature_cache(backbone, paths, *, backbone_name: str, image_size, poli
         cache_root: the folder holding cache folders (default ``default_cache_root()``).
         batch_size: images per backbone call.
         shard_size: images per shard file.
-        workers: decoding threads (default ``default_workers()``).
+        workers: decoding threads (default: ``default_workers()`` when overlapping, else every CPU).
+        overlap: decode the next batches while the backbone runs (True), or decode each batch with every CPU
+            between two backbone calls (False). Default: overlap when the backbone runs on an accelerator
+            (``lm.accel.on_accelerator``). On a CPU-only machine the backbone's thread pool already uses every core;
+            decoding threads running beside it stall its parallel operations (and take the GIL from the thread that
+            drives it), which costs more than the decoding itself (scripts/bench_scale.py measures the ratio).
         verbose: 0 silent; else a progress bar (images/s, time left) and a line when reusing or rebuilding.
 
     Returns:
@@ -390,7 +398,11 @@ def build_feature_cache(backbone, paths, *, backbone_name: str, image_size, poli
     todo_paths = [images[s["start"] + i] for s in todo for i in range(s["count"])]
     sizes = [min(batch_size, s["count"] - i) for s in todo for i in range(0, s["count"], batch_size)]
     bar = tqdm(total=len(todo_paths), desc="extracting features", unit="img", disable=not verbose, smoothing=0.1)
-    stream = stream_images(todo_paths, size, policy, workers=workers, batch_sizes=sizes)
+    if overlap is None:
+        from lm.accel import on_accelerator
+        overlap = on_accelerator()
+    workers = workers or (default_workers() if overlap else os.cpu_count() or 1)
+    stream = stream_images(todo_paths, size, policy, workers=workers, ahead=3 if overlap else 0, batch_sizes=sizes)
 
     def shard_batches(count):
         while count > 0:

@@ -1,4 +1,4 @@
-"""ImageCaptioner = backbone CNN (captioner.backbones) + CaptionDecoder, and captioning files.
+"""ImageCaptioner = backbone CNN (captioner.backbones) + CaptionDecoder. Captioning images: captioner.api.Captioner.
 
 Model folders (reading and writing, captions and VQA alike) live in captioner.folders; `save_model_dir`,
 `load_model_dir`, `LoadedCaptioner` and `BUNDLED` are still importable from here.
@@ -7,7 +7,6 @@ Model folders (reading and writing, captions and VQA alike) live in captioner.fo
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
 from captioner.backbones import backbone_spec, build_backbone, grid_shape
@@ -92,49 +91,3 @@ def build_captioner(config: dict) -> ImageCaptioner:
     return model
 
 
-# ---- captioning files ----------------------------------------------------------------------------------------------
-def caption_files(loaded: LoadedCaptioner, sources, beam_width: int = 3, max_length: int | None = None,
-                  batch_size: int = 16, length_penalty: float = 1.0, min_length: int = 0, block_repeats: int = 0,
-                  num_captions: int = 1) -> list[dict]:
-    """Captions images given as paths or bytes. Returns one dict per image: `image`, `caption`, `score`, `words`,
-    `attention` (len(words), h', w') -- or `image` and `error` for one that cannot be read. With num_captions
-    n > 1 (beam search, n <= beam_width) each also has `captions`: the n best as [{"caption", "score"}], best first
-    (the first is `caption`). min_length, block_repeats: see lm.sampling.beam_search."""
-    if not 1 <= int(num_captions) <= max(1, int(beam_width)):
-        raise UserError(f"--num-captions must be between 1 and the beam width ({beam_width})")
-    from captioner.images import load_images
-    max_length = int(max_length or loaded.config.get("max_length", 20))
-    results = []
-    grid_h, grid_w, _ = loaded.model.grid
-    for start in range(0, len(sources), batch_size):
-        chunk = list(sources[start: start + batch_size])
-        images, errors = load_images(chunk, loaded.image_size, loaded.resize_policy)
-        words, scores, alphas = loaded.model.generate(images, beam_width=beam_width, max_length=max_length,
-                                                      length_penalty=length_penalty, min_length=min_length,
-                                                      block_repeats=block_repeats, num_captions=num_captions)
-        # convert_to_numpy, not np.asarray: on PyTorch the outputs carry autograd history (requires_grad)
-        words, scores, alphas = (ops.convert_to_numpy(x) for x in (words, scores, alphas))
-        all_words, all_scores = words, scores
-        if num_captions > 1:  # (batch, n, ...): the best first
-            words, scores, alphas = words[:, 0], scores[:, 0], alphas[:, 0]
-        for i, source in enumerate(chunk):
-            name = source if isinstance(source, str) else f"<bytes {start + i}>"
-            if errors[i]:
-                results.append({"image": name, "error": errors[i]})
-                continue
-            tokens = loaded.vocab.decode(words[i])
-            # One attention row per kept word, then the <eos> step if the caption ended before max_length. Rows of
-            # ids that decode() drops (<pad>, <bos>, which an undertrained model can emit) go with them, so the
-            # maps stay aligned with the words.
-            ids = [int(w) for w in words[i]]
-            vocab = loaded.vocab
-            end = ids.index(vocab.eos_id) if vocab.eos_id in ids else len(ids)
-            rows = [t for t in range(end) if ids[t] not in (vocab.pad_id, vocab.bos_id)]
-            rows += [end] if end < len(ids) else []
-            attention = alphas[i, rows].reshape(len(rows), grid_h, grid_w)
-            results.append({"image": name, "caption": " ".join(tokens), "score": float(scores[i]),
-                            "words": tokens, "attention": attention})
-            if num_captions > 1:
-                results[-1]["captions"] = [{"caption": loaded.vocab.decode_text(all_words[i, j]),
-                                            "score": float(all_scores[i, j])} for j in range(num_captions)]
-    return results

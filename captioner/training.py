@@ -220,7 +220,9 @@ def train_captioner(data, out_dir, image_root=None, backbone="small_cnn", weight
     from captioner.xe import compile_for_xe, monitor_callbacks
     compile_for_xe(trainee, lr, schedule, warmup, epochs, steps, label_smoothing, clipnorm, lr_decay,
                    jit_option(jit))
-    extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.path.abspath(os.fspath(data))}
+    # "data" records the dataset as the user named it (a note for people and for domain.npz's "trained on"; nothing
+    # reads files through it), not as an absolute path that would name this machine's folders wherever the model goes.
+    extra = {"max_length": max_length, "resize_policy": spec.policy, "data": os.fspath(data)}
     by_cider = monitor == "cider"
     checkpoint = BestEpoch(out_dir, lambda: model_files("caption", model, vocab, extra),
                            monitor="val_cider" if by_cider else "val_loss", mode="max" if by_cider else "min",

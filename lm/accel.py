@@ -18,6 +18,7 @@
   * `training_options(...)` / `@accelerated`: the two context managers around a whole training function.
   * `host_call(function, shape, dtype, *args)`: a numpy function called from inside a compiled train step (SCST's
     CIDEr-D reward): tf.numpy_function, jax.pure_callback or a plain call, the one backend switch for it.
+  * `on_accelerator()`: whether the backend computes on a GPU/TPU (CPU work can then overlap the model's).
 
 Stateful language models keep their carried state (lm.model) in variables of a fixed batch size, created by
 `carried_state_variable`: under JAX data parallelism those variables are sharded along the batch axis like the
@@ -107,6 +108,23 @@ def host_call(function, shape, dtype, *args):
                                  *args)
     out = function(*[keras.ops.convert_to_numpy(a) for a in args])
     return keras.ops.convert_to_tensor(np.asarray(out, dtype))
+
+
+# ---- devices ---------------------------------------------------------------------------------------------------
+def on_accelerator() -> bool:
+    """Whether Keras computes on an accelerator (GPU, TPU...) rather than on the CPU, for the current backend.
+
+    Work for the CPU (decoding images) can overlap a model's forward pass there; on a CPU-only machine it takes
+    cores from the model's own thread pool instead."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+        return bool(torch.cuda.is_available() or getattr(torch.backends, "mps", None) and
+                    torch.backends.mps.is_available())
+    try:
+        return any(not str(d).lower().startswith("cpu") for d in keras.distribution.list_devices())
+    except Exception:  # a backend without a device list: assume the CPU
+        return False
 
 
 # ---- several devices -------------------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ def score_model(args, dataset: str, model_dir: str) -> dict:
     object rate on single-object scenes, the relation-error rate (captioner.scene_errors)."""
     from captioner.datasets import load_caption_dataset, split_examples
     from captioner.metrics import caption_scores
-    from captioner.model import caption_files, load_model_dir
+    from captioner.api import Captioner
+    from captioner.model import load_model_dir
     from captioner.scene_errors import caption_errors
     loaded = load_model_dir(model_dir, task="caption")
     with open(dataset) as f:
@@ -155,12 +156,13 @@ def score_model(args, dataset: str, model_dir: str) -> dict:
     for split in ("test", "novel"):
         start = time.perf_counter()
         chosen = split_examples(examples, split)
-        captions = caption_files(loaded, [e.image for e in chosen], beam_width=args.beam, batch_size=128)
+        captions = Captioner(loaded).caption([e.image for e in chosen], beam=args.beam, batch_size=128,
+                                             errors="return")
         references = {e.image_id: [" ".join(c) for c in e.captions] for e in chosen}
-        hypotheses = {e.image_id: r.get("caption", "") for e, r in zip(chosen, captions)}
+        hypotheses = {e.image_id: r.caption for e, r in zip(chosen, captions)}
         with contextlib.redirect_stdout(io.StringIO()):
             scores = caption_scores(references, hypotheses, meteor=args.meteor)
-        errors = [caption_errors(r.get("caption", ""), objects[os.path.basename(e.image)])
+        errors = [caption_errors(r.caption, objects[os.path.basename(e.image)])
                   for e, r in zip(chosen, captions)]
         single = [x["invented"] for x in errors if x["invented"] is not None]
         related = [x["relation_error"] for x in errors if x["relation_error"] is not None]

@@ -191,9 +191,15 @@ def test_image_captioner_keras_file_and_weights_round_trip(tmp_path):
 # ---- the command line on real dataset formats ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def flickr_model(tmp_path_factory):
-    """`captioner train` on the Flickr8k token file + split lists: small_cnn end-to-end at 32x32."""
+    """`captioner train` on the Flickr8k token file + split lists: small_cnn end-to-end at 32x32. The data is given
+    as a path relative to the working directory, as a user in their project folder would."""
     out = tmp_path_factory.mktemp("flickr") / "model"
-    rc = cli.main(["train", FLICKR, "--out", str(out), "--image-size", "32", "--json", *TINY])
+    here = os.getcwd()
+    os.chdir(FIXTURES)
+    try:
+        rc = cli.main(["train", "flickr8k", "--out", str(out), "--image-size", "32", "--json", *TINY])
+    finally:
+        os.chdir(here)
     assert rc == 0
     return out
 
@@ -203,6 +209,7 @@ def test_train_flickr8k_token_file(flickr_model):
     assert loaded.image_size == (32, 32) and loaded.model.backbone_name == "small_cnn"
     assert loaded.config["max_length"] == 12 and loaded.config["model"]["decoder"]["units"] == 16
     assert "woman" in loaded.vocab and "cat" in loaded.vocab
+    assert loaded.config["data"] == "flickr8k"  # as given: no absolute path of this machine in the folder
     assert {"config.json", "vocab.json", "model.weights.h5", "domain.npz"} <= set(os.listdir(flickr_model))
     from captioner.domain import load_domain
     domain = load_domain(flickr_model)  # written by training: fitted on the train split, calibrated on val
@@ -274,12 +281,12 @@ def test_caption_json_and_attention_pictures(flickr_model, photos, tmp_path, cap
         assert im.size[0] > 100 and im.size[1] > 100
 
 
-def test_caption_files_attention_matches_words(flickr_model):
+def test_caption_attention_matches_words(flickr_model):
     """One attention map per word (+ <eos> when the caption ended), also when no <eos> came within max_length."""
-    from captioner.model import caption_files
+    from captioner.api import Captioner
     loaded = load_model_dir(flickr_model)
     for max_length in (2, 12):
-        for r in caption_files(loaded, FLICKR_IMAGES[:3], beam_width=2, max_length=max_length):
+        for r in Captioner(loaded).caption(FLICKR_IMAGES[:3], beam=2, max_length=max_length):
             steps = len(r["attention"])
             assert steps in (len(r["words"]), len(r["words"]) + 1) and steps <= max_length
             assert r["attention"].shape[1:] == loaded.model.grid[:2]
@@ -290,13 +297,13 @@ def test_evaluate_function_scores(flickr_model):
     from captioner.evaluate import evaluate_captioner
     from captioner.datasets import load_caption_dataset, split_examples
     from captioner.metrics import caption_scores
-    from captioner.model import caption_files
+    from captioner.api import Captioner
     loaded = load_model_dir(flickr_model)
     scores = evaluate_captioner(loaded, FLICKR, split="test", beam_width=2, meteor=False)
     assert scores["images"] == 2 and scores["METEOR"] is None
     # Exactly the metrics of the model's own beam-2 captions of the test split against their references.
     examples = split_examples(load_caption_dataset(FLICKR), "test")
-    captions = caption_files(loaded, [e.image for e in examples], beam_width=2)
+    captions = Captioner(loaded).caption([e.image for e in examples], beam=2)
     expected = caption_scores({e.image_id: [" ".join(c) for c in e.captions] for e in examples},
                               {e.image_id: r["caption"] for e, r in zip(examples, captions)}, meteor=False)
     for key in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr", "exact_match"):

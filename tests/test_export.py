@@ -250,7 +250,7 @@ def exported(tmp_path_factory):
     """Model folders, their SavedModels, test images, Python-side results and the plain-TF child's results."""
     import keras
     from captioner.export import export_captioner, export_vqa
-    from captioner.model import build_captioner, caption_files, load_model_dir, save_model_dir
+    from captioner.model import build_captioner, load_model_dir, save_model_dir
     from captioner.vqa import answer_questions, build_vqa_model
     from lm import checkpoint
     from lm.export import export_language_model
@@ -318,9 +318,11 @@ def exported(tmp_path_factory):
 
     loaded = load_model_dir(root / "caption_model")
     lm_loaded, jax_loaded = checkpoint.load_model_dir(root / "lm_model"), checkpoint.load_model_dir(root / "jax_model")
+    from captioner.api import VQA, Captioner
+    flags = {k: v for k, v in SEARCH_FLAGS.items() if k != "beam_width"}
     python = {
-        "captions": caption_files(loaded, good, beam_width=3),
-        "captions_flags": caption_files(loaded, good[:5], **SEARCH_FLAGS),
+        "captions": Captioner(loaded).caption(good, beam=3),
+        "captions_flags": Captioner(loaded).caption(good[:5], beam=SEARCH_FLAGS["beam_width"], **flags),
         "texts": [" ".join(tokenize(p) + generate(lm_loaded, tokenize(p), 12, temperature=0)) for p in PROMPTS],
         "jax_tf": [" ".join(tokenize(p) + generate(jax_loaded, tokenize(p), 8, temperature=0)) for p in PROMPTS],
         "jax_jax": json.loads(jax_out.strip().splitlines()[-1])["texts"],
@@ -328,7 +330,6 @@ def exported(tmp_path_factory):
     vqa_loaded = load_model_dir(root / "vqa_model", task="vqa")
     pairs = [(good[i], QUESTIONS[i % len(QUESTIONS)]) for i in range(0, len(good), 2)]
     python["answers"] = [answer_questions(vqa_loaded, p, [q])[0] for p, q in pairs]
-    from captioner.api import VQA, Captioner
     python["caption_domain"] = [r.domain_score for r in Captioner.load(root / "caption_model").caption(good)]
     python["vqa_domain"] = [a.domain_score for a in VQA.load(root / "vqa_model").ask_batch(*zip(*pairs))]
 
@@ -343,6 +344,7 @@ def exported(tmp_path_factory):
          "files": {"images": True}},
         {"dir": str(root / "jax_saved"), "feeds": {"prompts": PROMPTS}, "files": {}},
         {"dir": str(root / "caption_flags_saved"), "feeds": {"images": good[:5]}, "files": {"images": True}},
+        {"dir": str(root / "vqa_saved"), "feeds": {"images": [], "questions": []}, "files": {"images": True}},
     ]
     with open(root / "jobs.json", "w") as f:
         json.dump(jobs, f)
@@ -355,7 +357,7 @@ def exported(tmp_path_factory):
     with open(root / "out.json") as f:
         served = json.load(f)
     return {"root": root, "good": good, "mixed": mixed, "python": python, "served": served,
-            "grid": loaded.model.grid}
+            "grid": loaded.model.grid, "vqa_grid": vqa_loaded.model.grid}
 
 
 @pytest.mark.slow
@@ -455,6 +457,16 @@ def test_vqa_savedmodel_equals_answer_questions(exported):
     assert len(set(np.round(served["scores"], 4))) >= 2
     np.testing.assert_allclose(served["scores"], [r["score"] for r in python], atol=1e-5)
     np.testing.assert_allclose(served["attention"], [r["attention"] for r in python], atol=1e-5)
+
+
+def test_vqa_savedmodel_answers_an_empty_batch(exported):
+    """0 images and 0 questions: empty outputs of the right shapes, not an error."""
+    empty = exported["served"]["results"][8]
+    assert "exception" not in empty, empty
+    grid_h, grid_w, _ = exported["vqa_grid"]
+    assert empty["answers"] == [] and empty["scores"] == [] and empty["errors"] == []
+    assert empty["domain_scores"] == [] and empty["out_of_domain"] == []
+    assert np.asarray(empty["attention"]).reshape(-1, grid_h, grid_w).shape == (0, grid_h, grid_w)
 
 
 @pytest.mark.slow

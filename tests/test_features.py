@@ -133,6 +133,48 @@ def test_cache_key_rebuilds_on_every_change_and_reuses_without_a_call(photos, tm
     assert n == 1 and len(fewer) == 5
 
 
+def test_extraction_decodes_beside_the_backbone_only_when_told(photos, tmp_path, monkeypatch):
+    """overlap=False (the default on a CPU-only machine): every batch is decoded between two backbone calls, none
+    while one runs; overlap=True (the default with an accelerator): decoding runs ahead during the calls. The same
+    grids either way."""
+    import time
+    from captioner import images
+    decoded, load_image = [], images.load_image
+
+    def slow_load(*args, **kwargs):  # a decode that takes long enough to be seen running beside the backbone
+        time.sleep(0.02)
+        out = load_image(*args, **kwargs)
+        decoded.append(1)
+        return out
+    monkeypatch.setattr(images, "load_image", slow_load)
+
+    class Backbone:  # what build_feature_cache uses of a backbone: weights, output_shape, predict_on_batch
+        weights, output_shape = [], (None, 1, 3)
+
+        def __init__(self):
+            self.during = []  # images decoded while each call ran
+
+        def predict_on_batch(self, x):
+            before = len(decoded)
+            time.sleep(0.1)
+            self.during.append(len(decoded) - before)
+            return x.mean(axis=(1, 2))[:, None, :]  # (n, 1, 3)
+
+    grids = {}
+    for overlap in (False, True):
+        backbone = Backbone()
+        cache = build_feature_cache(backbone, photos, backbone_name="mean", image_size=(16, 16), policy="stretch",
+                                    cache_root=tmp_path / str(overlap), batch_size=2, workers=2, overlap=overlap,
+                                    verbose=0)
+        grids[overlap] = cache.read(np.arange(len(photos)))
+        assert len(backbone.during) == 4  # 7 images in batches of 2
+        if overlap:
+            assert sum(backbone.during) >= 2
+        else:
+            assert backbone.during == [0, 0, 0, 0]
+    np.testing.assert_array_equal(grids[False], grids[True])
+
+
 def test_interrupted_extraction_resumes_from_finished_shards(photos, tmp_path, monkeypatch):
     from captioner import features
     calls = Calls(monkeypatch)
