@@ -502,8 +502,9 @@ def _train_scst(a, task, verbose, given) -> int:
                          val_split=a.split_val, seed=a.seed, verbose=verbose, time_budget=a.time_budget,
                          patience=a.patience or 3, clipnorm=5.0 if a.clipnorm is None else a.clipnorm, jit=a.jit,
                          **given(("epochs", a.epochs), ("batch_size", a.batch_size), ("lr", a.lr)))
-    print(json.dumps(summary) if a.json else f"wrote {a.out} (SCST from {a.init}, {summary['train_seconds']} s, "
-                                              f"best epoch {summary['best_epoch']})")
+    kept = (f"best epoch {summary['best_epoch']}" if summary["best_epoch"]
+            else "no epoch beat the initial model's validation CIDEr-D, so the folder holds that model unchanged")
+    print(json.dumps(summary) if a.json else f"wrote {a.out} (SCST from {a.init}, {summary['train_seconds']} s, {kept})")
     return 0
 
 
