@@ -161,7 +161,7 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
         cutoffs = tuple(int(c) for c in str(adaptive_softmax or "").split(",") if c.strip())
     except ValueError:
         raise UserError(f"--adaptive-softmax takes comma-separated ids such as 2000, got {adaptive_softmax!r}")
-    if cutoffs and arch not in ("rnn", "gru", "lstm"):
+    if cutoffs and arch not in RECURRENT_ARCHS:
         raise UserError("--adaptive-softmax is for the recurrent models (rnn, gru, lstm)")
     if mode not in ("stream", "sentence"):
         raise UserError(f"unknown --mode {mode!r}: choose stream or sentence")
