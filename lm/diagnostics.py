@@ -147,7 +147,7 @@ def text_windows(ids: np.ndarray, steps: int, count: int) -> np.ndarray:
 def parse_entries(archs: str, links: str, gate_inits: str = "keras") -> list[tuple[str, str, float, str, str]]:
     """"rnn,gru,lstm,rnn*3", "none,residual" and "keras,chrono" -> [(label, cell type, recurrent-kernel scale,
     links, gate init), ...]. A plain RNN has no gates: it gets one entry (gate init "keras") whatever the list.
-    Labels: "lstm", "lstm+residual" (several links), "lstm (chrono)"."""
+    Labels: "lstm", "lstm+residual" (several links), "lstm (chrono)", "lstm (chrono-forget)"."""
     link_list = [x.strip().lower() for x in links.split(",") if x.strip()] or ["none"]
     from lm.recurrent import GATE_INITS, LINKS
     for link in link_list:
@@ -163,10 +163,13 @@ def parse_entries(archs: str, links: str, gate_inits: str = "keras") -> list[tup
             raise UserError(f"unknown --arch entry {item!r}: use rnn, gru or lstm, optionally *SCALE to scale the "
                             "recurrent kernel (e.g. 'rnn*3')")
         cell, scale = match.group(1), float(match.group(2) or 1.0)
-        for init in init_list if cell != "rnn" else ["keras"]:
+        inits = init_list if cell != "rnn" else ["keras"]
+        if cell == "gru" and "chrono" in inits:  # a GRU's gates are coupled: chrono-forget is chrono's start
+            inits = [init for init in inits if init != "chrono-forget"]
+        for init in inits:
             for link in link_list:
                 label = item if len(link_list) == 1 and link == "none" else f"{item}+{link}"
-                label += " (chrono)" if init == "chrono" else ""
+                label += f" ({init})" if init != "keras" else ""
                 entries.append((label, cell, scale, link, init))
     if not entries:
         raise UserError("--arch is empty")
@@ -216,16 +219,17 @@ def pyplot():
 
 
 def plot_curves(results: dict, path: str, title: str, layer_label: str) -> None:
-    """One line per entry, log-scale y: the gradient norm against t. An entry labelled "X (chrono)" is drawn dashed in
-    the colour of "X", so each model's two starts read as a pair. Needs matplotlib (the [plots] extra)."""
+    """One line per entry, log-scale y: the gradient norm against t. An entry labelled "X (chrono)" is drawn dashed,
+    "X (chrono-forget)" dotted, in the colour of "X", so each model's starts read as a group. Needs matplotlib (the
+    [plots] extra)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     colours = {}
     for label, curve in results.items():
         t, g = np.asarray(curve["t"]), np.asarray(curve["grad_norm"], "float64")
         keep = g > 0  # log scale: a gradient that underflowed to zero cannot be drawn
-        base = label.removesuffix(" (chrono)")
-        style = dict(linestyle="--") if base != label else {}
+        base, _, init = label.partition(" (")
+        style = {"chrono)": dict(linestyle="--"), "chrono-forget)": dict(linestyle=":")}.get(init, {})
         if base in colours:
             style["color"] = colours[base]
         (line,) = ax.plot(t[keep], g[keep], label=label, linewidth=2, **style)

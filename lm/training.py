@@ -148,7 +148,7 @@ def train_language_model(splits: dict, out_dir: str, arch: str = "lstm", order: 
     if gate_init not in GATE_INITS:
         raise UserError(f"unknown --gate-init {gate_init!r}: choose {', '.join(GATE_INITS)}")
     chrono_max = float(bptt if chrono_max is None else chrono_max)
-    if gate_init == "chrono" and not chrono_max > 2:
+    if gate_init.startswith("chrono") and not chrono_max > 2:
         raise UserError(f"--chrono-max {chrono_max:g}: must be > 2 (the gate biases are log U(1, chrono_max - 1))")
     from lm.schedules import DECAYS
     if schedule not in ("none",) + DECAYS:

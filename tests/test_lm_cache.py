@@ -13,7 +13,7 @@ import pytest
 
 from lm import cli
 from lm.cache import cache_probabilities, mixed_logp, text_outputs
-from lm.checkpoint import LoadedModel, build_model, save_model_dir
+from lm.checkpoint import LoadedModel, build_model, load_model_dir, save_model_dir
 from lm.data import stream_ids
 from lm.inference import perplexity
 from lm.published import PUBLISHED
@@ -128,6 +128,61 @@ def test_tune_cache_picks_the_grid_minimum_that_perplexity_reproduces(tmp_path, 
     rc, out, _ = run_main(["tune-cache", valid, "--model", tmp_path / "m", "--thetas", "0.5", "--lambdas", "0.1"],
                           capsys)
     assert rc == 0 and "best: size " in out and "--cache-theta 0.5 --cache-lambda 0.1" in out and "cache size 500:" in out
+
+
+def kn_folder(path, vocab=VOCAB, order=3):
+    from lm.ngram import KneserNeyLM
+    kn = KneserNeyLM(order, vocab).fit(sentences(300, seed=5))
+    save_model_dir(path, "ngram", kn, vocab)
+    return kn
+
+
+def test_mixing_in_an_ngram_is_the_per_token_interpolation_and_tune_cache_finds_its_weight(tmp_path, capsys):
+    save_model_dir(tmp_path / "m", "lstm", tiny(), VOCAB, {"mode": "stream"})
+    kn = kn_folder(tmp_path / "kn")
+    lines = [s for s in TEXT[:200]]
+    valid = write_text(tmp_path / "valid.txt", lines)
+    lstm_logp = text_outputs(load_model_dir(str(tmp_path / "m")), lines).logp
+    kn_logp = kn.token_logprobs(lines)  # the same positions, in the same order, or with_other_model refuses
+    rc, out, _ = run_main(["perplexity", valid, "--model", tmp_path / "m", "--mix", tmp_path / "kn",
+                           "--mix-weight", 0.4, "--json"], capsys)
+    report = json.loads(out)
+    expected = np.exp(-np.logaddexp(np.log(0.6) + lstm_logp, np.log(0.4) + kn_logp).mean())
+    assert rc == 0 and report["perplexity"] == pytest.approx(expected, rel=1e-9)
+    assert report["mix"]["perplexity_without_mix"] == pytest.approx(np.exp(-lstm_logp.mean()), rel=1e-9)
+    # The untrained LSTM is near uniform and the n-gram knows the words' frequencies: mixing it in helps.
+    assert expected < np.exp(-lstm_logp.mean())
+    rc, out, _ = run_main(["tune-cache", valid, "--model", tmp_path / "m", "--mix", tmp_path / "kn",
+                           "--cache-size", "0,100", "--thetas", "0.5", "--lambdas", "0.1",
+                           "--mix-weights", "0,0.4,0.8", "--json"], capsys)
+    result = json.loads(out)
+    assert rc == 0 and len(result["grid"]) == 3 * 2
+    zero = [r for r in result["grid"] if r["mix_weight"] == 0 and r["size"] == 0][0]
+    assert zero["perplexity"] == pytest.approx(result["perplexity_without_cache"], rel=1e-9)
+    at_04 = [r for r in result["grid"] if r["mix_weight"] == 0.4 and r["size"] == 0][0]
+    assert at_04["perplexity"] == pytest.approx(expected, rel=1e-9)
+    assert result["perplexity_mixed_without_cache"]["mix_weight"] > 0
+    best = result["best"]
+    flags = ["--mix-weight", best["mix_weight"]] + (["--cache-size", best["size"], "--cache-theta", best["theta"],
+                                                     "--cache-lambda", best["lambda"]] if best["size"] else [])
+    rc, out, _ = run_main(["perplexity", valid, "--model", tmp_path / "m", "--mix", tmp_path / "kn", "--json"]
+                          + flags, capsys)
+    assert json.loads(out)["perplexity"] == pytest.approx(best["perplexity"], rel=1e-9)
+
+
+def test_mix_errors_are_one_line(tmp_path, capsys):
+    save_model_dir(tmp_path / "m", "lstm", tiny(), VOCAB, {"mode": "stream"})
+    kn_folder(tmp_path / "other", Vocabulary(VOCAB.itos[:-1]))  # one word short: another vocabulary
+    kn_folder(tmp_path / "kn")
+    text = write_text(tmp_path / "t.txt", TEXT[:20])
+    for argv, needle in ((["--mix-weight", "0.2"], "--mix-weight needs --mix"),
+                         (["--mix", tmp_path / "kn", "--mix-weight", "1"], "--mix-weight 1"),
+                         (["--mix", tmp_path / "other"], "vocabulary differs"),
+                         (["--mix", tmp_path / "nothing"], "nothing")):
+        rc, out, err = run_main(["perplexity", text, "--model", tmp_path / "m"] + argv, capsys)
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
+    rc, out, err = run_main(["tune-cache", text, "--model", tmp_path / "m", "--cache-size", "0"], capsys)
+    assert rc == 2 and "only with --mix" in err
 
 
 def test_compare_prints_the_published_rows_labelled_published(tmp_path, capsys, monkeypatch):

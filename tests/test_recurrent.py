@@ -182,6 +182,23 @@ def test_chrono_sets_the_gate_biases(chrono_max):
             np.testing.assert_array_equal(a, b)
 
 
+def test_chrono_forget_opens_only_the_forget_gate():
+    units, chrono_max = 64, 30.0
+    keras.utils.set_random_seed(0)
+    lstm = RecurrentStack("lstm", units=units, gate_init="chrono-forget", chrono_max=chrono_max)
+    lstm.build((None, None, FEATURES))
+    i, f, c, o = _biases(lstm)[0].reshape(4, units)
+    assert f.min() >= 0 and f.max() <= np.log(chrono_max - 1) + 1e-6 and f.std() > 0.1  # chrono's log U(1, T-1)
+    assert not i.any() and not c.any() and not o.any()  # the input gate stays at Keras' 0, half open
+    assert not lstm.rnn_layers[0].cell.unit_forget_bias and type(lstm.rnn_layers[0]) is keras.layers.LSTM
+    assert RecurrentStack.from_config(lstm.get_config()).gate_init == "chrono-forget"
+    for close_input in (True, False):  # a GRU couples the gates: the same start either way
+        initializer = ChronoBias("gru", chrono_max, seed=1, close_input=close_input)
+        assert ChronoBias.from_config(initializer.get_config()).close_input is close_input
+        np.testing.assert_array_equal(ops.convert_to_numpy(initializer((2, 9))),
+                                      ops.convert_to_numpy(ChronoBias("gru", chrono_max, seed=1)((2, 9))))
+
+
 def test_chrono_config_round_trip_and_old_configs():
     stack = RecurrentStack("lstm", units=4, num_layers=2, gate_init="chrono", chrono_max=20, bidirectional=True)
     config = stack.get_config()
