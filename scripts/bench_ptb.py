@@ -55,22 +55,24 @@ def flags(row: dict | None, kn: str) -> list:
     return out
 
 
-def plot(history: list, path: str, title: str) -> None:
+def plot(history: list, scores: dict, path: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["val_perplexity"] for h in history], "o-", linewidth=2, label="LSTM, PTB valid")
+    for (name, r), marker in zip(list(scores.items())[1:], ("s", "^", "*")):  # the tuned mixes, on valid
+        ax.plot([epochs[-1]], [r["valid"]], marker, markersize=9, linestyle="none", label=f"{name}, valid")
     for (name, value), style in zip(PUBLISHED.items(), (":", "--", "-.")):
         ax.axhline(value, color="grey", linestyle=style, linewidth=1)
-        ax.text(epochs[-1], value, f" {name} (test) {value}", va="bottom", ha="right", fontsize=8, color="dimgrey")
+        ax.text(epochs[0], value, f"{name} (test) {value}", va="bottom", ha="left", fontsize=8, color="dimgrey")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation perplexity")
     ax.set_xticks(epochs)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
               "tokens_per_second": trained["tokens_per_second"],
               "valid_curve": [h["val_perplexity"] for h in trained["history"]], "scores": scores, "out": out}
     if a.plot:
-        plot(trained["history"], a.plot, f"PTB, recipe {a.recipe}: lm train {' '.join(recipe[:6])} ...")
+        plot(trained["history"], scores, a.plot, f"PTB, recipe {a.recipe}: lm train {' '.join(recipe[:6])} ...")
     if a.json:
         print(json.dumps(result, default=str))
         return 0
