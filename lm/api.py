@@ -200,12 +200,12 @@ class LanguageModel:
                                                         f"--mix {other.directory}")
                 mixed = {"model": other.directory, "weight": weight,
                          "perplexity_without_mix": outputs.plain_perplexity}
-            ppl = neural_cache.perplexity_with_cache(outputs, cache_size, theta, lam, weight if mixed else 0.0)
+            weight = weight if mixed else 0.0
+            ppl = neural_cache.perplexity_with_cache(outputs, cache_size, theta, lam, weight)
             tokens = len(outputs.targets)
             if cache_size:
                 cache = {"size": int(cache_size), "theta": theta, "lambda": lam,
-                         "perplexity_without_cache": neural_cache.perplexity_with_cache(
-                             outputs, 0, theta, lam, weight if mixed else 0.0)}
+                         "perplexity_without_cache": neural_cache.perplexity_with_cache(outputs, 0, theta, lam, weight)}
         else:
             ppl, tokens = perplexity(self.loaded, sentences)
         return PerplexityReport(float(ppl), int(tokens), sum(unknown.values()) / max(len(words), 1),

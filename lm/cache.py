@@ -221,18 +221,17 @@ def tune(outputs: TextOutputs, sizes=DEFAULT_TUNE_SIZES, thetas=DEFAULT_THETAS, 
     weights = [float(w) for w in (mix_weights if mix_weights is not None else DEFAULT_MIX_WEIGHTS)] if mixing else [0.0]
     cached = [int(s) for s in sizes if int(s) > 0]
     probs, has_cache = cache_probabilities(outputs.hidden, outputs.targets, cached, thetas)
-    grid = []
+    grid, without_cache = [], []
     for weight in weights:
         logp = outputs.mixed(weight)
         mix = {"mix_weight": weight} if mixing else {}
+        without_cache.append({"mix_weight": weight, "perplexity": _perplexity(logp)})
         if any(int(s) == 0 for s in sizes):
-            grid.append({"size": 0, "theta": 0.0, "lambda": 0.0, **mix, "perplexity": _perplexity(logp)})
+            grid.append({"size": 0, "theta": 0.0, "lambda": 0.0, **mix, "perplexity": without_cache[-1]["perplexity"]})
         grid += [{"size": size, "theta": float(theta), "lambda": float(lam), **mix,
                   "perplexity": _perplexity(mixed_logp(logp, probs[a, b], has_cache, lam))}
                  for a, size in enumerate(cached) for b, theta in enumerate(thetas) for lam in lambdas]
     result = {"perplexity_without_cache": outputs.plain_perplexity, "tokens": int(len(outputs.targets))}
     if mixing:
-        result["perplexity_mixed_without_cache"] = min(
-            ({"mix_weight": w, "perplexity": _perplexity(outputs.mixed(w))} for w in weights),
-            key=lambda r: r["perplexity"])
+        result["perplexity_mixed_without_cache"] = min(without_cache, key=lambda r: r["perplexity"])
     return {**result, "grid": grid, "best": min(grid, key=lambda r: r["perplexity"])}

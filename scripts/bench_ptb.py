@@ -58,9 +58,8 @@ def flags(row: dict | None, kn: str) -> list:
 
 
 def plot(history: list, scores: dict, path: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lm.diagnostics import pyplot
+    plt = pyplot()  # Agg, or a one-line error naming the [plots] extra
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["val_perplexity"] for h in history], "o-", linewidth=2, label="LSTM, PTB valid")
